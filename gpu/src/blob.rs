@@ -1,0 +1,182 @@
+//! Blob map/unmap as async tasks.
+//!
+//! `RESOURCE_MAP_BLOB` puts a host blob's memory into the guest through the
+//! VMM's host-visible shared-memory region; `RESOURCE_UNMAP_BLOB` takes it
+//! out. Both need the VMM (vhost-user `SHMEM_MAP`/`SHMEM_UNMAP`), which may
+//! answer slowly. A [`BlobMapper`] returns a future the resource's home shard
+//! awaits on its ring: the shard, and every other context, keep running.
+//! Operations on one resource are kept in guest order by [`BlobLane`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::render::BlobMemory;
+
+/// Why the VMM did not map or unmap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobError {
+    /// The frontend offers no host-visible region.
+    NoRegion,
+    /// The VMM refused or failed (its reason).
+    Vmm(String),
+}
+
+pub type BlobFuture = Pin<Box<dyn Future<Output = Result<(), BlobError>>>>;
+
+/// Talks to the VMM about the host-visible region. Shared by every shard;
+/// the futures it returns run on the calling shard.
+pub trait BlobMapper: Send + Sync {
+    /// Bytes of host-visible region the guest may map into (0: none).
+    fn region_size(&self) -> u64;
+    /// Maps `mem` at `shm_offset` of the region.
+    fn map(&self, mem: BlobMemory, shm_offset: u64, writable: bool) -> BlobFuture;
+    /// Unmaps `[shm_offset, shm_offset + len)`.
+    fn unmap(&self, shm_offset: u64, len: u64) -> BlobFuture;
+}
+
+/// No host-visible region: MAP_BLOB is refused.
+#[derive(Debug, Default)]
+pub struct NoBlobMapper;
+
+impl BlobMapper for NoBlobMapper {
+    fn region_size(&self) -> u64 {
+        0
+    }
+
+    fn map(&self, _mem: BlobMemory, _shm_offset: u64, _writable: bool) -> BlobFuture {
+        Box::pin(std::future::ready(Err(BlobError::NoRegion)))
+    }
+
+    fn unmap(&self, _shm_offset: u64, _len: u64) -> BlobFuture {
+        Box::pin(std::future::ready(Err(BlobError::NoRegion)))
+    }
+}
+
+/// An in-process VMM stand-in: records mappings, answers after `delay`
+/// (a timerfd on the ring). For tests and the embedded loadgen.
+#[derive(Debug)]
+pub struct FakeBlobMapper {
+    region: u64,
+    delay: Duration,
+    mapped: Mutex<HashMap<u64, u64>>,
+}
+
+impl FakeBlobMapper {
+    pub fn new(region: u64, delay: Duration) -> Self {
+        FakeBlobMapper {
+            region,
+            delay,
+            mapped: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Current mappings: offset → length.
+    pub fn mappings(&self) -> HashMap<u64, u64> {
+        self.mapped.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+impl BlobMapper for FakeBlobMapper {
+    fn region_size(&self) -> u64 {
+        self.region
+    }
+
+    fn map(&self, mem: BlobMemory, shm_offset: u64, _writable: bool) -> BlobFuture {
+        let ok = match self.mapped.lock() {
+            Ok(mut m) => m.insert(shm_offset, mem.size).is_none(),
+            Err(_) => false,
+        };
+        let delay = self.delay;
+        Box::pin(async move {
+            if !delay.is_zero() {
+                let _ = reactor::time::sleep(delay).await;
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err(BlobError::Vmm(format!(
+                    "offset {shm_offset:#x} already mapped"
+                )))
+            }
+        })
+    }
+
+    fn unmap(&self, shm_offset: u64, _len: u64) -> BlobFuture {
+        let ok = match self.mapped.lock() {
+            Ok(mut m) => m.remove(&shm_offset).is_some(),
+            Err(_) => false,
+        };
+        let delay = self.delay;
+        Box::pin(async move {
+            if !delay.is_zero() {
+                let _ = reactor::time::sleep(delay).await;
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err(BlobError::Vmm(format!("offset {shm_offset:#x} not mapped")))
+            }
+        })
+    }
+}
+
+/// Keeps one resource's blob operations in guest order without blocking
+/// anything else: each operation waits for the one before it.
+#[derive(Default, Clone)]
+pub struct BlobLane {
+    last: Rc<RefCell<Option<reactor::JoinHandle<()>>>>,
+}
+
+impl BlobLane {
+    /// Runs `op` after every operation queued before it on this lane.
+    pub fn run<F: Future<Output = ()> + 'static>(&self, op: F) {
+        let previous = self.last.borrow_mut().take();
+        let handle = reactor::spawn_local_named("blob-op", async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            op.await;
+        });
+        *self.last.borrow_mut() = Some(handle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_runs_operations_in_order_even_when_the_first_is_slow() {
+        let order = Rc::new(RefCell::new(Vec::new()));
+        reactor::block_on({
+            let order = order.clone();
+            async move {
+                let lane = BlobLane::default();
+                let o = order.clone();
+                lane.run(async move {
+                    reactor::time::sleep(Duration::from_millis(5))
+                        .await
+                        .unwrap();
+                    o.borrow_mut().push("map");
+                });
+                let o = order.clone();
+                lane.run(async move { o.borrow_mut().push("unmap") });
+                // An unrelated task is not held back by the slow map.
+                let o = order.clone();
+                reactor::spawn_local(async move { o.borrow_mut().push("other") })
+                    .await
+                    .unwrap();
+                reactor::time::sleep(Duration::from_millis(10))
+                    .await
+                    .unwrap();
+            }
+        })
+        .unwrap();
+        assert_eq!(*order.borrow(), vec!["other", "map", "unmap"]);
+    }
+}

@@ -1,0 +1,393 @@
+//! `ContextShard`: the state and executor a device keeps on each shard.
+//!
+//! It owns the shard's renderer and the resources and contexts whose home is
+//! this shard. Commands arrive in order on one channel. A command that has
+//! to wait (a fence, a blob map awaiting the VMM) becomes its own task, so
+//! nothing queued behind it on this shard waits for it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+
+use crate::backing::{Backing, GuestMem};
+use crate::blob::{BlobLane, BlobMapper};
+use crate::protocol::wire::{
+    VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_MAP_CACHE_CACHED, VIRTIO_GPU_RESP_ERR_UNSPEC,
+};
+use crate::protocol::{BlobMem, GpuCommand, ProtocolError, Rect, Response};
+use crate::render::{GpuWait, Renderer, RendererFactory, ResourceKind};
+
+use super::job::{Done, Extra, Job, Reply, ShardMsg};
+use super::scanout::{CursorEvent, DisplaySink};
+
+/// Cursor images are 64x64 (virtio 1.3, 5.7.6.10).
+const CURSOR_SIZE: u32 = 64;
+
+struct ShardResource {
+    backing: Option<Backing>,
+    /// Blob mapping at this region offset, once mapped.
+    mapped: Option<(u64, u64)>,
+    lane: BlobLane,
+    host_blob: bool,
+}
+
+/// Everything a shard needs from its device.
+#[derive(Clone)]
+pub struct ShardEnv {
+    pub shard: usize,
+    pub mem: GuestMemoryAtomic<GuestMem>,
+    pub display: Arc<dyn DisplaySink>,
+    pub blob: Arc<dyn BlobMapper>,
+    pub renderer: Arc<dyn RendererFactory>,
+}
+
+struct State {
+    renderer: Box<dyn Renderer>,
+    resources: HashMap<u32, ShardResource>,
+}
+
+/// Runs a shard's executor until the channel closes.
+pub async fn run(env: ShardEnv, mut rx: reactor::Receiver<ShardMsg>) {
+    let make = || match env.renderer.create(env.shard) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(shard = env.shard, error = %e, "renderer failed to start");
+            None
+        }
+    };
+    let Some(renderer) = make() else { return };
+    let state = Rc::new(RefCell::new(State {
+        renderer,
+        resources: HashMap::new(),
+    }));
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ShardMsg::Job(job) => execute(&env, &state, *job),
+            ShardMsg::Reset => {
+                let Some(renderer) = make() else { return };
+                let mut st = state.borrow_mut();
+                st.resources.clear();
+                st.renderer = renderer;
+            }
+        }
+    }
+}
+
+/// Writes the response and tells the owner.
+fn respond(env: &ShardEnv, reply: &Reply, resp: &Response) {
+    let mem = env.mem.memory();
+    let len = match reply.response.write_response(&*mem, &reply.hdr, resp) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(shard = env.shard, error = %e, "response does not fit the chain");
+            0
+        }
+    };
+    let _ = reply.done.send(Done {
+        generation: reply.generation,
+        queue: reply.queue,
+        head: reply.head,
+        len,
+        ticket: reply.ticket,
+    });
+}
+
+fn err(e: ProtocolError) -> Response {
+    Response::Err(e.response_code())
+}
+
+/// What executing a command produced.
+enum Outcome {
+    Now(Response),
+    /// The response is ready but the fence must wait for the GPU.
+    AfterGpu(Response, GpuWait),
+    /// Handled by a blob task that responds itself.
+    Detached,
+}
+
+fn execute(env: &ShardEnv, state: &Rc<RefCell<State>>, job: Job) {
+    let hdr = job.reply.hdr;
+    let fenced = hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0;
+    let outcome = {
+        let mut st = state.borrow_mut();
+        match run_command(env, &mut st, state, &job) {
+            Ok(Some(resp)) if fenced => {
+                let wait = st.renderer.fence(hdr.ctx_id, hdr.ring_idx);
+                Outcome::AfterGpu(resp, wait)
+            }
+            Ok(Some(resp)) => Outcome::Now(resp),
+            Ok(None) => Outcome::Detached,
+            Err(e) => {
+                tracing::debug!(shard = env.shard, error = %e, kind = hdr.kind, "command failed");
+                Outcome::Now(err(e))
+            }
+        }
+    };
+    match outcome {
+        Outcome::Now(resp) => respond(env, &job.reply, &resp),
+        Outcome::AfterGpu(resp, wait) => {
+            let env = env.clone();
+            reactor::spawn_local_named("fence-wait", async move {
+                wait.await;
+                respond(&env, &job.reply, &resp);
+            });
+        }
+        Outcome::Detached => {}
+    }
+}
+
+/// Runs one command against shard state. `Ok(None)`: a task took the job
+/// over and responds itself.
+fn run_command(
+    env: &ShardEnv,
+    st: &mut State,
+    state: &Rc<RefCell<State>>,
+    job: &Job,
+) -> Result<Option<Response>, ProtocolError> {
+    let ctx = job.reply.hdr.ctx_id;
+    let ok = Ok(Some(Response::OkNodata));
+    match &job.cmd {
+        GpuCommand::ResourceCreate2d(c) => {
+            let kind = ResourceKind::Image2d {
+                format: c.format,
+                width: c.width,
+                height: c.height,
+            };
+            create(st, c.resource_id.0, &kind, None)?;
+            ok
+        }
+        GpuCommand::ResourceCreate3d(c) => {
+            create(st, c.resource_id.0, &ResourceKind::Image3d(*c), None)?;
+            ok
+        }
+        GpuCommand::ResourceCreateBlob(c) => {
+            let kind = match c.blob_mem {
+                BlobMem::Guest => ResourceKind::GuestBlob { size: c.size },
+                BlobMem::Host3d | BlobMem::Host3dGuest => ResourceKind::HostBlob {
+                    size: c.size,
+                    blob_id: c.blob_id,
+                },
+            };
+            let backing = if c.entries.is_empty() {
+                None
+            } else {
+                Some(Backing::new(c.entries.clone(), &env.mem.memory())?)
+            };
+            create(st, c.resource_id.0, &kind, backing)?;
+            ok
+        }
+        GpuCommand::ResourceUnref(r) => {
+            let id = r.resource_id.0;
+            let res = st
+                .resources
+                .remove(&id)
+                .ok_or(ProtocolError::UnknownResource(id))?;
+            st.renderer.destroy_resource(id);
+            if let Some((offset, len)) = res.mapped {
+                // The guest freed a still-mapped blob: take it out of the
+                // region behind any operation still queued on it.
+                let blob = env.blob.clone();
+                res.lane.run(async move {
+                    let _ = blob.unmap(offset, len).await;
+                });
+            }
+            ok
+        }
+        GpuCommand::ResourceAttachBacking(a) => {
+            let id = a.resource_id.0;
+            let backing = Backing::new(a.entries.clone(), &env.mem.memory())?;
+            let res = resource(st, id)?;
+            if res.backing.is_some() {
+                return Err(ProtocolError::BackingAlreadyAttached(id));
+            }
+            res.backing = Some(backing);
+            ok
+        }
+        GpuCommand::ResourceDetachBacking(r) => {
+            let id = r.resource_id.0;
+            resource(st, id)?
+                .backing
+                .take()
+                .ok_or(ProtocolError::NoBacking(id))?;
+            ok
+        }
+        GpuCommand::TransferToHost2d(t) => {
+            let id = t.resource_id.0;
+            let backing = resource(st, id)?
+                .backing
+                .clone()
+                .ok_or(ProtocolError::NoBacking(id))?;
+            st.renderer
+                .transfer_to_host_2d(id, t.rect, t.offset, &backing, &env.mem.memory())?;
+            ok
+        }
+        GpuCommand::TransferToHost3d(t) | GpuCommand::TransferFromHost3d(t) => {
+            let id = t.resource_id.0;
+            let to_host = matches!(job.cmd, GpuCommand::TransferToHost3d(_));
+            let backing = resource(st, id)?
+                .backing
+                .clone()
+                .ok_or(ProtocolError::NoBacking(id))?;
+            st.renderer
+                .transfer_3d(ctx, t, to_host, &backing, &env.mem.memory())?;
+            ok
+        }
+        GpuCommand::ResourceFlush(f) => {
+            let id = f.resource_id.0;
+            resource(st, id)?;
+            if let Extra::Flush(targets) = &job.extra {
+                for t in targets {
+                    let mut pixels = Vec::new();
+                    st.renderer.read_rect(id, t.src, &mut pixels)?;
+                    env.display.update(t.scanout, t.dst, pixels);
+                }
+            }
+            ok
+        }
+        GpuCommand::CtxCreate(c) => {
+            st.renderer
+                .create_context(ctx, c.capset_id, &c.debug_name)?;
+            ok
+        }
+        GpuCommand::CtxDestroy => {
+            st.renderer.destroy_context(ctx);
+            ok
+        }
+        GpuCommand::CtxAttachResource(_) | GpuCommand::CtxDetachResource(_) => ok,
+        GpuCommand::Submit3d(s) => {
+            st.renderer.submit(ctx, job.reply.hdr.ring_idx, &s.data)?;
+            ok
+        }
+        GpuCommand::ResourceMapBlob(m) => {
+            let id = m.resource_id.0;
+            let mappable = matches!(job.extra, Extra::Mappable(true));
+            let blob_mem = st.renderer.blob_memory(id);
+            let res = resource(st, id)?;
+            if !res.host_blob {
+                return Err(ProtocolError::NotABlob(id));
+            }
+            let Some(mem) = blob_mem.filter(|_| mappable) else {
+                return Err(ProtocolError::BlobNotMappable(id));
+            };
+            if res.mapped.is_some() {
+                return Err(ProtocolError::BlobAlreadyMapped(id));
+            }
+            let region = env.blob.region_size();
+            if region == 0 {
+                return Err(ProtocolError::NoHostVisibleRegion);
+            }
+            if m.offset
+                .checked_add(mem.size)
+                .is_none_or(|end| end > region)
+            {
+                return Err(ProtocolError::MapOutsideHostVisibleRegion {
+                    offset: m.offset,
+                    size: mem.size,
+                });
+            }
+            // Claimed now, so a second MAP behind this one is refused.
+            res.mapped = Some((m.offset, mem.size));
+            let (env2, state2) = (env.clone(), state.clone());
+            let (offset, reply) = (m.offset, job.reply.clone());
+            res.lane.run(async move {
+                let r = env2.blob.map(mem, offset, true).await;
+                let resp = match r {
+                    Ok(()) => Response::OkMapInfo {
+                        map_info: VIRTIO_GPU_MAP_CACHE_CACHED,
+                    },
+                    Err(e) => {
+                        tracing::warn!(resource = id, error = ?e, "MAP_BLOB failed in the VMM");
+                        if let Some(r) = state2.borrow_mut().resources.get_mut(&id) {
+                            r.mapped = None;
+                        }
+                        Response::Err(VIRTIO_GPU_RESP_ERR_UNSPEC)
+                    }
+                };
+                finish_detached(&env2, &state2, reply, resp).await;
+            });
+            Ok(None)
+        }
+        GpuCommand::ResourceUnmapBlob(r) => {
+            let id = r.resource_id.0;
+            let res = resource(st, id)?;
+            let Some((offset, len)) = res.mapped.take() else {
+                return Err(ProtocolError::BlobNotMapped(id));
+            };
+            let (env2, state2, reply) = (env.clone(), state.clone(), job.reply.clone());
+            res.lane.run(async move {
+                let resp = match env2.blob.unmap(offset, len).await {
+                    Ok(()) => Response::OkNodata,
+                    Err(e) => {
+                        tracing::warn!(resource = id, error = ?e, "UNMAP_BLOB failed in the VMM");
+                        Response::Err(VIRTIO_GPU_RESP_ERR_UNSPEC)
+                    }
+                };
+                finish_detached(&env2, &state2, reply, resp).await;
+            });
+            Ok(None)
+        }
+        GpuCommand::UpdateCursor(c) => {
+            let id = c.resource_id.0;
+            let mut image = Vec::new();
+            st.renderer
+                .read_rect(id, Rect::new(0, 0, CURSOR_SIZE, CURSOR_SIZE), &mut image)?;
+            env.display.cursor(CursorEvent::Update {
+                scanout: c.pos.scanout_id.0,
+                x: c.pos.x,
+                y: c.pos.y,
+                hot_x: c.hot_x,
+                hot_y: c.hot_y,
+                image: Some(image),
+            });
+            ok
+        }
+        // Answered by the owner; never routed here.
+        other => {
+            tracing::error!(shard = env.shard, cmd = ?std::mem::discriminant(other), "command routed to a shard by mistake");
+            Err(ProtocolError::UnknownCommandType(job.reply.hdr.kind))
+        }
+    }
+}
+
+/// A detached command finished: wait for its fence if it has one, respond.
+async fn finish_detached(env: &ShardEnv, state: &Rc<RefCell<State>>, reply: Reply, resp: Response) {
+    if reply.hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 {
+        let wait = state
+            .borrow_mut()
+            .renderer
+            .fence(reply.hdr.ctx_id, reply.hdr.ring_idx);
+        wait.await;
+    }
+    respond(env, &reply, &resp);
+}
+
+fn resource(st: &mut State, id: u32) -> Result<&mut ShardResource, ProtocolError> {
+    st.resources
+        .get_mut(&id)
+        .ok_or(ProtocolError::UnknownResource(id))
+}
+
+fn create(
+    st: &mut State,
+    id: u32,
+    kind: &ResourceKind,
+    backing: Option<Backing>,
+) -> Result<(), ProtocolError> {
+    if st.resources.contains_key(&id) {
+        return Err(ProtocolError::ResourceIdInUse(id));
+    }
+    st.renderer.create_resource(id, kind)?;
+    st.resources.insert(
+        id,
+        ShardResource {
+            backing,
+            mapped: None,
+            lane: BlobLane::default(),
+            host_blob: matches!(kind, ResourceKind::HostBlob { .. }),
+        },
+    );
+    Ok(())
+}

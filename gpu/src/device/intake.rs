@@ -1,0 +1,497 @@
+//! Intake: pop chains from a virtqueue, decode each once, check what the
+//! directory can check, and route it: answered here (display state,
+//! capsets), or sent to the home shard of its context or resource.
+//! Nothing here waits on a command: a command that cannot finish yet only
+//! occupies its own chain, so the queue never blocks head-of-line.
+
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+
+use crate::backing::GuestMem;
+use crate::fence::TimelineId;
+use crate::protocol::le::ByteReader;
+use crate::protocol::wire::{
+    VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_FLAG_INFO_RING_IDX, VIRTIO_GPU_F_CONTEXT_INIT,
+};
+use crate::protocol::{
+    decode, decode_cursor, edid_for, gather, CtrlHeader, EdidBlob, GpuCommand, ProtocolError,
+    Request, Response, ResponseArea,
+};
+use vm_memory::GuestAddressSpace;
+
+use super::directory::Shape;
+use super::job::{Done, Extra, Job, QueueKind, Reply, ShardMsg};
+use super::owner::{Owner, OwnerRef};
+use super::scanout::{Binding, CursorEvent, ScanoutMode};
+
+/// The intake task of one queue: drain, re-enable notifications, wait for a
+/// kick (an eventfd read on the ring), repeat.
+pub(super) async fn run(owner: OwnerRef, kind: QueueKind, kick: reactor::io::EventFd) {
+    loop {
+        drain(&owner, kind);
+        if let Err(e) = kick.read().await {
+            tracing::error!(queue = ?kind, error = %e, "kick eventfd failed; intake stops");
+            return;
+        }
+    }
+}
+
+/// Pops every available chain.
+pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) {
+    let mut o = owner.borrow_mut();
+    let mem = o.mem.memory();
+    loop {
+        let Some(q) = o.queues[kind as usize].as_mut() else {
+            return;
+        };
+        let chain = match q.queue.iter(&*mem) {
+            Ok(mut it) => it.next(),
+            Err(e) => {
+                tracing::warn!(queue = ?kind, error = ?e, "queue not usable");
+                None
+            }
+        };
+        match chain {
+            Some(chain) => handle(&mut o, kind, chain, &mem),
+            None => match q.queue.enable_notification(&*mem) {
+                // More arrived while notifications were off: keep going.
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(queue = ?kind, error = ?e, "cannot enable notifications");
+                    break;
+                }
+            },
+        }
+    }
+    o.signal_used(kind);
+}
+
+/// The timeline a fenced header is ordered on.
+fn timeline(o: &Owner, hdr: &CtrlHeader) -> TimelineId {
+    let rings = o.decode.has_feature(VIRTIO_GPU_F_CONTEXT_INIT);
+    if rings && hdr.flags & VIRTIO_GPU_FLAG_INFO_RING_IDX != 0 && hdr.ring_idx < 64 {
+        TimelineId::Ring {
+            ctx: hdr.ctx_id,
+            ring: hdr.ring_idx,
+        }
+    } else {
+        TimelineId::Global
+    }
+}
+
+fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem: &GuestMem) {
+    o.stats.chains += 1;
+    let head = chain.head_index();
+    let gathered = match gather(chain, &o.chain_limits) {
+        Ok(g) => g,
+        Err(e) => {
+            // No safe place to answer: give the chain back empty.
+            tracing::warn!(queue = ?kind, head, error = %e, "unusable descriptor chain");
+            o.stats.errors += 1;
+            o.complete_now(kind, head, 0, None);
+            return;
+        }
+    };
+    let area = gathered.response;
+    let bytes = match gathered.request {
+        Ok(b) => b,
+        Err(e) => {
+            o.answer_now(
+                kind,
+                head,
+                &CtrlHeader::default(),
+                &area,
+                None,
+                &Err(e),
+                mem,
+            );
+            return;
+        }
+    };
+    // The header alone, so a request with a bad body still gets its fence
+    // (in order) with the error: a lost fence would hang the guest.
+    let hdr = CtrlHeader::read(&mut ByteReader::new(&bytes)).unwrap_or_default();
+    let ticket = (hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 && kind == QueueKind::Control)
+        .then(|| o.timelines.push(timeline(o, &hdr), hdr.fence_id));
+    let req = match kind {
+        QueueKind::Control => decode(&bytes, &o.decode),
+        QueueKind::Cursor => decode_cursor(&bytes, &o.decode),
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            o.answer_now(kind, head, &hdr, &area, ticket, &Err(e), mem);
+            return;
+        }
+    };
+    match route(o, &req) {
+        Ok(Route::Here(resp)) => o.answer_now(kind, head, &hdr, &area, ticket, &Ok(resp), mem),
+        Ok(Route::Shard(shard, extra)) => {
+            let job = Job {
+                reply: Reply {
+                    generation: o.generation,
+                    queue: kind,
+                    head,
+                    hdr,
+                    response: area,
+                    ticket,
+                    done: o.done_tx.clone(),
+                },
+                cmd: req.cmd,
+                extra,
+            };
+            o.stats.in_flight += 1;
+            o.stats.max_in_flight = o.stats.max_in_flight.max(o.stats.in_flight);
+            if o.shared.shards[shard]
+                .tx
+                .send(ShardMsg::Job(Box::new(job)))
+                .is_err()
+            {
+                tracing::error!(shard, "shard executor is gone");
+                o.stats.in_flight -= 1;
+                o.answer_now(
+                    kind,
+                    head,
+                    &hdr,
+                    &area_lost(),
+                    ticket,
+                    &Err(ProtocolError::RendererFailed(-1)),
+                    mem,
+                );
+            }
+        }
+        Err(e) => o.answer_now(kind, head, &hdr, &area, ticket, &Err(e), mem),
+    }
+}
+
+/// The response area went with the job; nothing more can be written.
+fn area_lost() -> ResponseArea {
+    ResponseArea::default()
+}
+
+enum Route {
+    Here(Response),
+    Shard(usize, Extra),
+}
+
+fn image_bytes(w: u32, h: u32, depth: u32, layers: u32) -> u64 {
+    u64::from(w) * u64::from(h) * u64::from(depth.max(1)) * u64::from(layers.max(1)) * 4
+}
+
+/// Decides where a command runs, updating the directory and scanout table
+/// in guest order.
+fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
+    let hdr = &req.hdr;
+    let ctx = hdr.ctx_id;
+    let ctx_home = |o: &Owner| o.directory.context(ctx).map(|c| c.shard);
+    let res_home = |o: &Owner, id: u32| o.directory.resource(id).map(|r| r.shard);
+    let shard = |s| Ok(Route::Shard(s, Extra::None));
+    match &req.cmd {
+        GpuCommand::GetDisplayInfo => Ok(Route::Here(Response::display_info(o.scanouts.modes()))),
+        GpuCommand::GetEdid(g) => {
+            let mode =
+                o.scanouts
+                    .mode(g.scanout_id.0)
+                    .ok_or(ProtocolError::ScanoutIdOutOfRange {
+                        id: g.scanout_id.0,
+                        num: o.scanouts.count(),
+                    })?;
+            let edid = edid_for(mode.rect.width, mode.rect.height);
+            Ok(Route::Here(Response::OkEdid(EdidBlob::new(&edid)?)))
+        }
+        GpuCommand::GetCapsetInfo(g) => {
+            let c = o.shared.info.capsets.get(g.capset_index as usize).ok_or(
+                ProtocolError::CapsetIndexOutOfRange {
+                    index: g.capset_index,
+                    num: o.shared.info.capsets.len() as u32,
+                },
+            )?;
+            Ok(Route::Here(Response::OkCapsetInfo {
+                capset_id: c.id,
+                max_version: c.max_version,
+                max_size: c.data.len() as u32,
+            }))
+        }
+        GpuCommand::GetCapset(g) => {
+            let c = o
+                .shared
+                .info
+                .capsets
+                .iter()
+                .find(|c| c.id == g.capset_id && g.capset_version <= c.max_version)
+                .ok_or(ProtocolError::UnsupportedCapset {
+                    id: g.capset_id,
+                    version: g.capset_version,
+                })?;
+            Ok(Route::Here(Response::OkCapset(c.data.clone())))
+        }
+        GpuCommand::ResourceAssignUuid(r) => {
+            o.directory.resource(r.resource_id.0)?;
+            let mut uuid = [0u8; 16];
+            uuid[..4].copy_from_slice(&r.resource_id.0.to_le_bytes());
+            uuid[4..12].copy_from_slice(b"gpu-rctr");
+            Ok(Route::Here(Response::OkResourceUuid(uuid)))
+        }
+        GpuCommand::SetScanout(s) => {
+            let id = s.scanout_id.0;
+            if s.resource_id.0 == 0 {
+                o.scanouts.bind(id, None);
+                o.shared.display.scanout(id, None);
+                return Ok(Route::Here(Response::OkNodata));
+            }
+            let e = o.directory.check_rect(s.resource_id.0, s.rect)?;
+            let format = match e.shape {
+                Shape::Image {
+                    format: Some(f), ..
+                } => f,
+                _ => return Err(ProtocolError::RectOutsideResource),
+            };
+            o.scanouts.bind(
+                id,
+                Some(Binding {
+                    resource: s.resource_id.0,
+                    rect: s.rect,
+                }),
+            );
+            o.shared.display.scanout(
+                id,
+                Some(ScanoutMode {
+                    width: s.rect.width,
+                    height: s.rect.height,
+                    format,
+                }),
+            );
+            Ok(Route::Here(Response::OkNodata))
+        }
+        GpuCommand::SetScanoutBlob(s) => {
+            let id = s.scanout_id.0;
+            let layout = match (&s.layout, s.resource_id.0) {
+                (_, 0) | (None, _) => {
+                    o.scanouts.bind(id, None);
+                    o.shared.display.scanout(id, None);
+                    return Ok(Route::Here(Response::OkNodata));
+                }
+                (Some(l), _) => l,
+            };
+            let e = o.directory.resource(s.resource_id.0)?;
+            let Shape::Blob { size, .. } = e.shape else {
+                return Err(ProtocolError::NotABlob(s.resource_id.0));
+            };
+            let needed = u64::from(layout.offsets[0])
+                + u64::from(layout.strides[0]) * u64::from(layout.height);
+            if needed > size {
+                return Err(ProtocolError::ScanoutBeyondBlob {
+                    needed,
+                    blob_size: size,
+                });
+            }
+            o.scanouts.bind(
+                id,
+                Some(Binding {
+                    resource: s.resource_id.0,
+                    rect: s.rect,
+                }),
+            );
+            o.shared.display.scanout(
+                id,
+                Some(ScanoutMode {
+                    width: s.rect.width,
+                    height: s.rect.height,
+                    format: layout.format,
+                }),
+            );
+            Ok(Route::Here(Response::OkNodata))
+        }
+        GpuCommand::ResourceCreate2d(c) => {
+            let shape = Shape::Image {
+                width: c.width,
+                height: c.height,
+                format: Some(c.format),
+            };
+            let bytes = image_bytes(c.width, c.height, 1, 1);
+            let home = if ctx != 0 { ctx_home(o).ok() } else { None };
+            let candidates = o.candidates().to_vec();
+            let s = o
+                .directory
+                .add_resource(c.resource_id.0, shape, bytes, home, &candidates)?;
+            shard(s)
+        }
+        GpuCommand::ResourceCreate3d(c) => {
+            let shape = Shape::Image {
+                width: c.width,
+                height: c.height,
+                format: None,
+            };
+            let bytes = image_bytes(c.width, c.height, c.depth, c.array_size);
+            let home = if ctx != 0 { ctx_home(o).ok() } else { None };
+            let candidates = o.candidates().to_vec();
+            let s = o
+                .directory
+                .add_resource(c.resource_id.0, shape, bytes, home, &candidates)?;
+            shard(s)
+        }
+        GpuCommand::ResourceCreateBlob(c) => {
+            let home = if c.blob_mem.is_host() {
+                Some(ctx_home(o)?)
+            } else if ctx != 0 {
+                ctx_home(o).ok()
+            } else {
+                None
+            };
+            let shape = Shape::Blob {
+                size: c.size,
+                mappable: c.blob_flags.mappable(),
+            };
+            let charge = if c.blob_mem.is_host() { c.size } else { 0 };
+            let candidates = o.candidates().to_vec();
+            let s = o
+                .directory
+                .add_resource(c.resource_id.0, shape, charge, home, &candidates)?;
+            if c.blob_mem.is_host() {
+                o.directory.attach(ctx, c.resource_id.0)?;
+            }
+            shard(s)
+        }
+        GpuCommand::ResourceUnref(r) => {
+            let e = o.directory.remove_resource(r.resource_id.0)?;
+            for s in o.scanouts.unbind_resource(r.resource_id.0) {
+                o.shared.display.scanout(s, None);
+            }
+            shard(e.shard)
+        }
+        GpuCommand::ResourceAttachBacking(a) => shard(res_home(o, a.resource_id.0)?),
+        GpuCommand::ResourceDetachBacking(r) => shard(res_home(o, r.resource_id.0)?),
+        GpuCommand::TransferToHost2d(t) => Ok(Route::Shard(
+            o.directory.check_rect(t.resource_id.0, t.rect)?.shard,
+            Extra::None,
+        )),
+        GpuCommand::ResourceFlush(f) => {
+            let s = o.directory.check_rect(f.resource_id.0, f.rect)?.shard;
+            let targets = o.scanouts.flush_targets(f.resource_id.0, f.rect);
+            Ok(Route::Shard(s, Extra::Flush(targets)))
+        }
+        GpuCommand::TransferToHost3d(t) | GpuCommand::TransferFromHost3d(t) => {
+            if ctx != 0 {
+                o.directory.context(ctx)?;
+            }
+            shard(res_home(o, t.resource_id.0)?)
+        }
+        GpuCommand::CtxCreate(c) => {
+            let known = c.capset_id == 0
+                || o.shared
+                    .info
+                    .capsets
+                    .iter()
+                    .any(|k| k.id == u32::from(c.capset_id));
+            if !known {
+                return Err(ProtocolError::UnsupportedCapset {
+                    id: u32::from(c.capset_id),
+                    version: 0,
+                });
+            }
+            let candidates = o.candidates().to_vec();
+            shard(o.directory.add_context(ctx, &candidates)?)
+        }
+        GpuCommand::CtxDestroy => {
+            let e = o.directory.remove_context(ctx)?;
+            o.timelines.retire_context(ctx);
+            shard(e.shard)
+        }
+        GpuCommand::CtxAttachResource(r) => {
+            o.directory.attach(ctx, r.resource_id.0)?;
+            shard(ctx_home(o)?)
+        }
+        GpuCommand::CtxDetachResource(r) => {
+            o.directory.detach(ctx, r.resource_id.0)?;
+            shard(ctx_home(o)?)
+        }
+        GpuCommand::Submit3d(_) => {
+            if hdr.flags & VIRTIO_GPU_FLAG_INFO_RING_IDX != 0
+                && hdr.ring_idx >= o.shared.info.max_rings
+            {
+                return Err(ProtocolError::RingIdxOutOfRange(hdr.ring_idx));
+            }
+            shard(ctx_home(o)?)
+        }
+        GpuCommand::ResourceMapBlob(m) => {
+            let e = o.directory.resource(m.resource_id.0)?;
+            let Shape::Blob { mappable, .. } = e.shape else {
+                return Err(ProtocolError::NotABlob(m.resource_id.0));
+            };
+            Ok(Route::Shard(e.shard, Extra::Mappable(mappable)))
+        }
+        GpuCommand::ResourceUnmapBlob(r) => shard(res_home(o, r.resource_id.0)?),
+        GpuCommand::UpdateCursor(c) => {
+            if c.resource_id.0 == 0 {
+                o.shared.display.cursor(CursorEvent::Update {
+                    scanout: c.pos.scanout_id.0,
+                    x: c.pos.x,
+                    y: c.pos.y,
+                    hot_x: c.hot_x,
+                    hot_y: c.hot_y,
+                    image: None,
+                });
+                return Ok(Route::Here(Response::OkNodata));
+            }
+            shard(res_home(o, c.resource_id.0)?)
+        }
+        GpuCommand::MoveCursor(c) => {
+            o.shared.display.cursor(CursorEvent::Move {
+                scanout: c.pos.scanout_id.0,
+                x: c.pos.x,
+                y: c.pos.y,
+            });
+            Ok(Route::Here(Response::OkNodata))
+        }
+    }
+}
+
+impl Owner {
+    /// Writes a response now (owner-side commands and errors) and
+    /// completes the chain, through its fence timeline if fenced.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_now(
+        &mut self,
+        kind: QueueKind,
+        head: u16,
+        hdr: &CtrlHeader,
+        area: &ResponseArea,
+        ticket: Option<crate::fence::FenceTicket>,
+        result: &Result<Response, ProtocolError>,
+        mem: &GuestMem,
+    ) {
+        let resp = match result {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                self.stats.errors += 1;
+                tracing::debug!(queue = ?kind, head, kind = hdr.kind, error = %e, "command refused");
+                Response::Err(e.response_code())
+            }
+        };
+        // The cursor queue carries no responses (its commands have none).
+        let len = if kind == QueueKind::Cursor {
+            0
+        } else {
+            area.write_response(mem, hdr, &resp).unwrap_or(0)
+        };
+        self.complete_now(kind, head, len, ticket);
+    }
+
+    fn complete_now(
+        &mut self,
+        kind: QueueKind,
+        head: u16,
+        len: u32,
+        ticket: Option<crate::fence::FenceTicket>,
+    ) {
+        self.stats.in_flight += 1;
+        let done = Done {
+            generation: self.generation,
+            queue: kind,
+            head,
+            len,
+            ticket,
+        };
+        self.complete(done);
+    }
+}

@@ -1,0 +1,229 @@
+//! The queue owner: one actor on the display shard that owns the virtqueues,
+//! the directory of contexts and resources, the scanout table and the fence
+//! timelines. Intake (`intake.rs`) pops and routes; completion
+//! (`completion.rs`) writes the used ring in the order fences demand.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryAtomic};
+
+use crate::backing::GuestMem;
+use crate::fence::FenceTimelines;
+use crate::protocol::{ChainLimits, DecodeContext};
+
+use super::directory::Directory;
+use super::job::{Done, QueueKind, ShardMsg};
+use super::scanout::Scanouts;
+use super::{DeviceShared, QueueSetup};
+
+/// A started virtqueue.
+pub(super) struct VirtQueue {
+    pub queue: Queue,
+    pub call: reactor::io::EventFdNotifier,
+    pub intake: reactor::AbortHandle,
+    /// Used elements were added since the last interrupt decision.
+    pub unsignalled: bool,
+}
+
+/// Counters the owner keeps (read by `Device::stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerStats {
+    pub chains: u64,
+    pub completed: u64,
+    pub errors: u64,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    pub calls: u64,
+    pub fences_pending: u64,
+    pub contexts: u64,
+    pub resources: u64,
+    pub resource_bytes: u64,
+}
+
+/// A released completion: (queue, head, len).
+pub(super) type Release = (QueueKind, u16, u32);
+
+pub(super) struct Owner {
+    pub shared: Arc<DeviceShared>,
+    pub generation: u64,
+    pub mem: GuestMemoryAtomic<GuestMem>,
+    pub queues: [Option<VirtQueue>; 2],
+    pub directory: Directory,
+    pub scanouts: Scanouts,
+    pub timelines: FenceTimelines<Release>,
+    pub decode: DecodeContext,
+    pub chain_limits: ChainLimits,
+    pub done_tx: reactor::Sender<Done>,
+    pub stats: OwnerStats,
+    pub released: Vec<Release>,
+}
+
+/// Control messages from the `Device` handle.
+pub(super) enum OwnerCmd {
+    SetFeatures(u64),
+    StartQueue {
+        kind: QueueKind,
+        setup: QueueSetup,
+        kick: reactor::io::EventFd,
+        call: reactor::io::EventFdNotifier,
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
+    },
+    StopQueue {
+        kind: QueueKind,
+        reply: std::sync::mpsc::Sender<Option<u16>>,
+    },
+    Reset(std::sync::mpsc::Sender<()>),
+    Stats(std::sync::mpsc::Sender<OwnerStats>),
+}
+
+pub(super) type OwnerRef = Rc<RefCell<Owner>>;
+
+/// The owner actor: handles control messages; spawns intake and completion.
+pub(super) async fn run(
+    shared: Arc<DeviceShared>,
+    mem: GuestMemoryAtomic<GuestMem>,
+    mut ctl: reactor::Receiver<OwnerCmd>,
+) {
+    let (done_tx, done_rx) = reactor::channel::<Done>();
+    let owner = Rc::new(RefCell::new(Owner::new(shared, mem, done_tx)));
+    let completion = {
+        let owner = owner.clone();
+        reactor::spawn_local_named("completion", super::completion::run(owner, done_rx))
+    };
+    while let Some(cmd) = ctl.recv().await {
+        match cmd {
+            OwnerCmd::SetFeatures(f) => owner.borrow_mut().decode.features = f,
+            OwnerCmd::StartQueue {
+                kind,
+                setup,
+                kick,
+                call,
+                reply,
+            } => {
+                let r = start_queue(&owner, kind, setup, kick, call);
+                let _ = reply.send(r);
+            }
+            OwnerCmd::StopQueue { kind, reply } => {
+                let _ = reply.send(owner.borrow_mut().stop_queue(kind));
+            }
+            OwnerCmd::Reset(reply) => {
+                owner.borrow_mut().reset();
+                let _ = reply.send(());
+            }
+            OwnerCmd::Stats(reply) => {
+                let o = owner.borrow();
+                let mut s = o.stats;
+                s.fences_pending = o.timelines.pending() as u64;
+                let (contexts, resources) = o.directory.counts();
+                s.contexts = contexts as u64;
+                s.resources = resources as u64;
+                s.resource_bytes = o.directory.bytes_in_use();
+                let _ = reply.send(s);
+            }
+        }
+    }
+    let mut o = owner.borrow_mut();
+    o.stop_queue(QueueKind::Control);
+    o.stop_queue(QueueKind::Cursor);
+    drop(o);
+    drop(completion);
+}
+
+fn start_queue(
+    owner: &OwnerRef,
+    kind: QueueKind,
+    setup: QueueSetup,
+    kick: reactor::io::EventFd,
+    call: reactor::io::EventFdNotifier,
+) -> Result<(), String> {
+    let mut queue =
+        Queue::new(setup.size).map_err(|e| format!("queue size {}: {e:?}", setup.size))?;
+    queue
+        .try_set_desc_table_address(GuestAddress(setup.desc_table))
+        .map_err(|e| format!("descriptor table: {e:?}"))?;
+    queue
+        .try_set_avail_ring_address(GuestAddress(setup.avail_ring))
+        .map_err(|e| format!("avail ring: {e:?}"))?;
+    queue
+        .try_set_used_ring_address(GuestAddress(setup.used_ring))
+        .map_err(|e| format!("used ring: {e:?}"))?;
+    queue.set_event_idx(setup.event_idx);
+    queue.set_next_avail(setup.next_avail);
+    queue.set_next_used(setup.next_used);
+    queue.set_ready(true);
+    let mut o = owner.borrow_mut();
+    o.stop_queue(kind);
+    let (task, intake) = reactor::abortable(super::intake::run(owner.clone(), kind, kick));
+    reactor::spawn_local_named("intake", task);
+    o.queues[kind as usize] = Some(VirtQueue {
+        queue,
+        call,
+        intake,
+        unsignalled: false,
+    });
+    Ok(())
+}
+
+impl Owner {
+    fn new(
+        shared: Arc<DeviceShared>,
+        mem: GuestMemoryAtomic<GuestMem>,
+        done_tx: reactor::Sender<Done>,
+    ) -> Self {
+        let cfg = &shared.config;
+        let decode = DecodeContext {
+            features: 0,
+            num_scanouts: cfg.num_scanouts,
+            num_capsets: shared.info.capsets.len() as u32,
+            limits: cfg.limits,
+        };
+        Owner {
+            generation: 0,
+            mem,
+            queues: [None, None],
+            directory: Directory::new(shared.shards.len(), cfg.memory_limit),
+            scanouts: Scanouts::new(cfg.num_scanouts, cfg.width, cfg.height),
+            timelines: FenceTimelines::default(),
+            chain_limits: ChainLimits::for_limits(&cfg.limits),
+            decode,
+            done_tx,
+            stats: OwnerStats::default(),
+            released: Vec::new(),
+            shared,
+        }
+    }
+
+    /// Stops intake; returns the next avail index (GET_VRING_BASE).
+    fn stop_queue(&mut self, kind: QueueKind) -> Option<u16> {
+        let q = self.queues[kind as usize].take()?;
+        q.intake.abort();
+        Some(q.queue.next_avail())
+    }
+
+    /// Device reset: forget everything the guest created; completions of
+    /// commands still in flight are dropped (their generation is stale).
+    fn reset(&mut self) {
+        self.stop_queue(QueueKind::Control);
+        self.stop_queue(QueueKind::Cursor);
+        self.generation += 1;
+        let cfg = &self.shared.config;
+        self.directory = Directory::new(self.shared.shards.len(), cfg.memory_limit);
+        self.scanouts = Scanouts::new(cfg.num_scanouts, cfg.width, cfg.height);
+        self.timelines = FenceTimelines::default();
+        self.stats.in_flight = 0;
+        for s in &self.shared.shards {
+            let _ = s.tx.send(ShardMsg::Reset);
+        }
+        for i in 0..self.scanouts.count() {
+            self.shared.display.scanout(i, None);
+        }
+    }
+
+    /// Shards that may host contexts and resources.
+    pub fn candidates(&self) -> &[usize] {
+        &self.shared.placement
+    }
+}

@@ -1,0 +1,19 @@
+//! gpu-reactor's virtio-gpu device model.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`protocol`] | guest bytes → typed, validated commands; typed responses → bytes (the only place raw guest bytes are read) |
+//! | [`device`] | queue intake, routing by context, per-shard execution, ordered completion |
+//! | [`fence`] | fence timelines: per (context, ring), or one global |
+//! | [`blob`] | blob map/unmap as async tasks; the `BlobMapper` the VMM side implements |
+//! | [`render`] | the `Renderer` trait and the renderers (`sim`, ...) |
+//! | [`backing`] | guest pages behind a resource |
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod backing;
+pub mod blob;
+pub mod device;
+pub mod fence;
+pub mod protocol;
+pub mod render;

@@ -1,0 +1,579 @@
+//! The device through an in-process guest driver: rings in guest memory,
+//! kicks and calls on eventfds, exactly what a guest produces.
+
+use std::time::Duration;
+
+use gpu::protocol::wire::*;
+use gpu::protocol::*;
+use gpu::render::sim::{sim_submit, SIM_CAPSET_ID};
+use loadgen::direct::{DirectBackend, DirectOptions};
+use loadgen::driver::{Completion, GpuDriver, Queue};
+use vm_memory::{Bytes, GuestAddress};
+
+const T: Duration = Duration::from_secs(10);
+
+fn start() -> (DirectBackend, GpuDriver) {
+    DirectBackend::start(DirectOptions::default()).unwrap()
+}
+
+fn ok(c: &Completion) -> &Response {
+    &c.response.as_ref().unwrap().1
+}
+
+fn call(d: &mut GpuDriver, req: Request) -> Response {
+    let c = d.call(Queue::Control, &req, T).unwrap();
+    c.response.unwrap().1
+}
+
+fn create_2d(d: &mut GpuDriver, id: u32, w: u32, h: u32) -> GuestAddress {
+    let r = call(
+        d,
+        Request::new(GpuCommand::ResourceCreate2d(ResourceCreate2d {
+            resource_id: ResourceId(id),
+            format: Format::B8G8R8X8Unorm,
+            width: w,
+            height: h,
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let len = w * h * 4;
+    let backing = d.ram().alloc(u64::from(len), 4096).unwrap();
+    let r = call(
+        d,
+        Request::new(GpuCommand::ResourceAttachBacking(ResourceAttachBacking {
+            resource_id: ResourceId(id),
+            entries: vec![MemEntry {
+                addr: backing.0,
+                length: len,
+            }],
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    backing
+}
+
+fn ctx_create(d: &mut GpuDriver, ctx: u32) {
+    let r = call(
+        d,
+        Request::new(GpuCommand::CtxCreate(CtxCreate {
+            debug_name: b"desktop".to_vec(),
+            capset_id: SIM_CAPSET_ID as u8,
+        }))
+        .with_ctx(ctx),
+    );
+    assert_eq!(r, Response::OkNodata);
+}
+
+fn submit(ctx: u32, gpu_us: u32, hang: bool) -> Request {
+    Request::new(GpuCommand::Submit3d(Submit3d {
+        data: sim_submit(gpu_us, hang),
+    }))
+    .with_ctx(ctx)
+}
+
+#[test]
+fn display_info_reports_every_scanout_connected() {
+    let (_b, mut d) = start();
+    match call(&mut d, Request::new(GpuCommand::GetDisplayInfo)) {
+        Response::OkDisplayInfo(modes) => {
+            assert!(modes[0].enabled);
+            assert_eq!(modes[0].rect, Rect::new(0, 0, 1280, 800));
+            assert!(!modes[1].enabled);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn fenced_flush_delivers_the_guest_pixels_to_the_display() {
+    let (b, mut d) = start();
+    let (w, h) = (64u32, 32u32);
+    let backing = create_2d(&mut d, 1, w, h);
+    let pattern: Vec<u8> = (0..w * h * 4).map(|i| (i * 7 % 251) as u8).collect();
+    d.ram().memory().write_slice(&pattern, backing).unwrap();
+    let rect = Rect::new(0, 0, w, h);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::TransferToHost2d(TransferToHost2d {
+            rect,
+            offset: 0,
+            resource_id: ResourceId(1),
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::SetScanout(SetScanout {
+            rect,
+            scanout_id: ScanoutId(0),
+            resource_id: ResourceId(1),
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let c = d
+        .call(
+            Queue::Control,
+            &Request::new(GpuCommand::ResourceFlush(ResourceFlush {
+                rect,
+                resource_id: ResourceId(1),
+            }))
+            .with_fence(1),
+            T,
+        )
+        .unwrap();
+    let (hdr, resp) = c.response.unwrap();
+    assert_eq!(resp, Response::OkNodata);
+    assert_eq!(hdr.flags & VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_FLAG_FENCE);
+    assert_eq!(hdr.fence_id, 1);
+    let shown = b.display.snapshot();
+    assert_eq!(shown.frames[&0], pattern);
+}
+
+/// Submits without waiting; returns nothing. Kick separately.
+fn put(d: &mut GpuDriver, req: &Request, tag: u64) {
+    d.submit(Queue::Control, req, tag).unwrap();
+}
+
+#[test]
+fn fence_on_ring_1_completes_while_ring_0_of_another_context_is_stalled() {
+    let (_b, mut d) = start();
+    ctx_create(&mut d, 1);
+    ctx_create(&mut d, 2);
+    put(&mut d, &submit(1, 0, true).with_ring(0).with_fence(10), 10);
+    put(
+        &mut d,
+        &submit(2, 50, false).with_ring(1).with_fence(11),
+        11,
+    );
+    d.kick(Queue::Control).unwrap();
+    let done = d.wait_for(11, T).unwrap();
+    let (hdr, resp) = done.response.unwrap();
+    assert_eq!(resp, Response::OkNodata);
+    assert_eq!((hdr.fence_id, hdr.ring_idx), (11, 1));
+    assert_eq!(
+        d.in_flight(),
+        1,
+        "the stalled context's fence is still pending"
+    );
+}
+
+#[test]
+fn global_timeline_fences_are_never_released_out_of_order() {
+    let (_b, mut d) = start();
+    for ctx in 1..=4 {
+        ctx_create(&mut d, ctx);
+    }
+    // Later fences are cheaper than earlier ones on other contexts, so they
+    // finish first on the GPU; the guest must still see them in order.
+    let n = 200u64;
+    for f in 1..=n {
+        let ctx = (f % 4) as u32 + 1;
+        let cost = ((n - f) * 37 % 2000) as u32;
+        put(&mut d, &submit(ctx, cost, false).with_fence(f), f);
+        if f % 50 == 0 {
+            d.kick(Queue::Control).unwrap();
+        }
+    }
+    d.kick(Queue::Control).unwrap();
+    let done = d.wait_n(n as usize, T).unwrap();
+    let fences: Vec<u64> = done
+        .iter()
+        .map(|c| c.response.as_ref().unwrap().0.fence_id)
+        .collect();
+    let mut sorted = fences.clone();
+    sorted.sort_unstable();
+    assert_eq!(fences, sorted, "fences released out of order");
+    assert_eq!(fences.len(), n as usize);
+}
+
+#[test]
+fn thousand_commands_of_a_stalled_context_do_not_delay_another_context() {
+    let (_b, mut d) = start();
+    ctx_create(&mut d, 1);
+    ctx_create(&mut d, 2);
+    put(&mut d, &submit(1, 0, true).with_ring(0).with_fence(1), 1);
+    for i in 0..999u64 {
+        put(
+            &mut d,
+            &submit(1, 10, false).with_ring(0).with_fence(2 + i),
+            2 + i,
+        );
+    }
+    d.kick(Queue::Control).unwrap();
+    // Behind 1000 stuck commands in the same queue: another context's
+    // fenced and unfenced work.
+    put(
+        &mut d,
+        &submit(2, 10, false).with_ring(0).with_fence(5000),
+        5000,
+    );
+    put(&mut d, &Request::new(GpuCommand::GetDisplayInfo), 5001);
+    d.kick(Queue::Control).unwrap();
+    let c = d.wait_for(5000, T).unwrap();
+    assert_eq!(ok(&c), &Response::OkNodata);
+    let c = d.wait_for(5001, T).unwrap();
+    assert!(matches!(ok(&c), Response::OkDisplayInfo(_)));
+    // Non-fenced submits of the stalled context completed; fenced ones wait.
+    assert_eq!(d.in_flight(), 1000);
+}
+
+fn create_host_blob(d: &mut GpuDriver, ctx: u32, id: u32, size: u64) {
+    let r = call(
+        d,
+        Request::new(GpuCommand::ResourceCreateBlob(ResourceCreateBlob {
+            resource_id: ResourceId(id),
+            blob_mem: BlobMem::Host3d,
+            blob_flags: BlobFlags::from_wire(VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE).unwrap(),
+            blob_id: u64::from(id),
+            size,
+            entries: vec![],
+        }))
+        .with_ctx(ctx),
+    );
+    assert_eq!(r, Response::OkNodata);
+}
+
+#[test]
+fn unmap_blob_awaiting_a_slow_vmm_does_not_stop_other_contexts() {
+    let (b, mut d) = DirectBackend::start(DirectOptions {
+        blob_delay: Duration::from_millis(100),
+        ..DirectOptions::default()
+    })
+    .unwrap();
+    ctx_create(&mut d, 1);
+    ctx_create(&mut d, 2);
+    create_host_blob(&mut d, 1, 7, 1 << 20);
+    let map = Request::new(GpuCommand::ResourceMapBlob(ResourceMapBlob {
+        resource_id: ResourceId(7),
+        offset: 0,
+    }))
+    .with_ctx(1);
+    let r = d.call(Queue::Control, &map, T).unwrap();
+    assert!(matches!(ok(&r), Response::OkMapInfo { .. }));
+    assert_eq!(b.blob.mappings().get(&0), Some(&(1 << 20)));
+
+    let unmap = Request::new(GpuCommand::ResourceUnmapBlob(ResourceRef {
+        resource_id: ResourceId(7),
+    }))
+    .with_ctx(1);
+    put(&mut d, &unmap, 100);
+    d.kick(Queue::Control).unwrap();
+    // While the VMM sits on the unmap, context 2 runs 20 fenced frames.
+    for f in 1..=20u64 {
+        put(&mut d, &submit(2, 100, false).with_fence(f), f);
+        d.kick(Queue::Control).unwrap();
+        d.wait_for(f, T).unwrap();
+        assert_eq!(
+            d.in_flight(),
+            1,
+            "the unmap finished before context 2's frame {f}"
+        );
+    }
+    let c = d.wait_for(100, T).unwrap();
+    assert_eq!(ok(&c), &Response::OkNodata);
+    assert!(b.blob.mappings().is_empty());
+}
+
+#[test]
+fn full_queue_of_1024_is_drained_without_loss() {
+    let (_b, mut d) = start();
+    ctx_create(&mut d, 1);
+    let mut tags = Vec::new();
+    for i in 0..1024u64 {
+        let req = match i % 3 {
+            0 => submit(1, 0, false).with_fence(i + 1),
+            1 => Request::new(GpuCommand::GetDisplayInfo),
+            _ => submit(1, 0, false),
+        };
+        put(&mut d, &req, i);
+        tags.push(i);
+    }
+    assert!(matches!(
+        d.submit(
+            Queue::Control,
+            &Request::new(GpuCommand::GetDisplayInfo),
+            9999
+        ),
+        Err(loadgen::driver::GpuDriverError::Full)
+    ));
+    d.kick(Queue::Control).unwrap();
+    let done = d.wait_n(1024, T).unwrap();
+    let mut got: Vec<u64> = done.iter().map(|c| c.tag).collect();
+    got.sort_unstable();
+    assert_eq!(got, tags);
+    assert!(done.iter().all(|c| !matches!(ok(c), Response::Err(_))));
+}
+
+#[test]
+fn fences_still_complete_after_100_resets() {
+    let (b, mut d) = start();
+    for round in 0..100u64 {
+        ctx_create(&mut d, 1);
+        put(&mut d, &submit(1, 0, false).with_fence(round + 1), round);
+        // Some work left in flight when the reset comes.
+        put(
+            &mut d,
+            &submit(1, 0, true).with_fence(round + 2),
+            1000 + round,
+        );
+        d.kick(Queue::Control).unwrap();
+        let c = d.wait_for(round, T).unwrap();
+        assert_eq!(c.response.unwrap().0.fence_id, round + 1);
+        d = b.reset(d).unwrap();
+    }
+    ctx_create(&mut d, 1);
+    put(&mut d, &submit(1, 0, false).with_fence(1), 1);
+    d.kick(Queue::Control).unwrap();
+    assert_eq!(ok(&d.wait_for(1, T).unwrap()), &Response::OkNodata);
+}
+
+#[test]
+fn fenced_command_that_fails_still_signals_its_fence_in_order() {
+    let (_b, mut d) = start();
+    ctx_create(&mut d, 1);
+    put(&mut d, &submit(1, 2000, false).with_fence(1), 1);
+    // Unknown resource: refused at once, but released after fence 1.
+    let bad = Request::new(GpuCommand::ResourceFlush(ResourceFlush {
+        rect: Rect::new(0, 0, 1, 1),
+        resource_id: ResourceId(99),
+    }))
+    .with_fence(2);
+    put(&mut d, &bad, 2);
+    d.kick(Queue::Control).unwrap();
+    let done = d.wait_n(2, T).unwrap();
+    assert_eq!(done[0].tag, 1);
+    let (hdr, resp) = done[1].response.clone().unwrap();
+    assert_eq!(resp, Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID));
+    assert_eq!(hdr.fence_id, 2);
+}
+
+fn expect_err(d: &mut GpuDriver, req: Request, code: u32) {
+    let r = call(d, req.clone());
+    assert_eq!(r, Response::Err(code), "for {req:?}");
+}
+
+#[test]
+fn stateful_rules_answer_their_error_codes() {
+    let mut opts = DirectOptions::default();
+    opts.config.memory_limit = 16 << 20;
+    let (_b, mut d) = DirectBackend::start(opts).unwrap();
+    let res = |id| ResourceId(id);
+    let create = |id, w, h| {
+        Request::new(GpuCommand::ResourceCreate2d(ResourceCreate2d {
+            resource_id: ResourceId(id),
+            format: Format::B8G8R8A8Unorm,
+            width: w,
+            height: h,
+        }))
+    };
+    // Unknown resource.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::ResourceUnref(ResourceRef {
+            resource_id: res(5),
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
+    );
+    // Resource id in use.
+    assert_eq!(call(&mut d, create(1, 16, 16)), Response::OkNodata);
+    expect_err(
+        &mut d,
+        create(1, 16, 16),
+        VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
+    );
+    // Rect outside the resource.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::TransferToHost2d(TransferToHost2d {
+            rect: Rect::new(8, 8, 16, 16),
+            offset: 0,
+            resource_id: res(1),
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // Transfer without backing.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::TransferToHost2d(TransferToHost2d {
+            rect: Rect::new(0, 0, 16, 16),
+            offset: 0,
+            resource_id: res(1),
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // Backing beyond guest memory.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::ResourceAttachBacking(ResourceAttachBacking {
+            resource_id: res(1),
+            entries: vec![MemEntry {
+                addr: 1 << 40,
+                length: 4096,
+            }],
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // Backing smaller than the transfer.
+    let small = d.ram().alloc(64, 64).unwrap();
+    assert_eq!(
+        call(
+            &mut d,
+            Request::new(GpuCommand::ResourceAttachBacking(ResourceAttachBacking {
+                resource_id: res(1),
+                entries: vec![MemEntry {
+                    addr: small.0,
+                    length: 64,
+                }],
+            }))
+        ),
+        Response::OkNodata
+    );
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::TransferToHost2d(TransferToHost2d {
+            rect: Rect::new(0, 0, 16, 16),
+            offset: 0,
+            resource_id: res(1),
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // Unknown context.
+    expect_err(
+        &mut d,
+        submit(9, 0, false),
+        VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID,
+    );
+    // Context id in use.
+    ctx_create(&mut d, 3);
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::CtxCreate(CtxCreate {
+            debug_name: vec![],
+            capset_id: 0,
+        }))
+        .with_ctx(3),
+        VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID,
+    );
+    // Unsupported capset.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::CtxCreate(CtxCreate {
+            debug_name: vec![],
+            capset_id: 5,
+        }))
+        .with_ctx(4),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // A blob that is not mappable.
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceCreateBlob(ResourceCreateBlob {
+            resource_id: res(20),
+            blob_mem: BlobMem::Host3d,
+            blob_flags: BlobFlags::from_wire(0).unwrap(),
+            blob_id: 1,
+            size: 4096,
+            entries: vec![],
+        }))
+        .with_ctx(3),
+    );
+    assert_eq!(r, Response::OkNodata);
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::ResourceMapBlob(ResourceMapBlob {
+            resource_id: res(20),
+            offset: 0,
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // Unmapping what is not mapped.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::ResourceUnmapBlob(ResourceRef {
+            resource_id: res(20),
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+    // Memory limit.
+    expect_err(
+        &mut d,
+        create(30, 4096, 4096),
+        VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY,
+    );
+    // Set scanout on a scanout that does not exist.
+    expect_err(
+        &mut d,
+        Request::new(GpuCommand::SetScanout(SetScanout {
+            rect: Rect::new(0, 0, 16, 16),
+            scanout_id: ScanoutId(5),
+            resource_id: res(1),
+        })),
+        VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID,
+    );
+}
+
+#[test]
+fn malformed_bytes_get_errors_and_the_device_keeps_serving() {
+    let (_b, mut d) = start();
+    let cases: Vec<(Vec<u8>, u32)> = vec![
+        (vec![0u8; 3], VIRTIO_GPU_RESP_ERR_UNSPEC), // shorter than a header
+        (
+            {
+                let mut h = Request::new(GpuCommand::GetDisplayInfo).to_bytes();
+                h[0..4].copy_from_slice(&0x9999u32.to_le_bytes());
+                h
+            },
+            VIRTIO_GPU_RESP_ERR_UNSPEC,
+        ), // unknown type
+        (
+            {
+                let mut b = Request::new(GpuCommand::ResourceCreate2d(ResourceCreate2d {
+                    resource_id: ResourceId(1),
+                    format: Format::B8G8R8A8Unorm,
+                    width: 1,
+                    height: 1,
+                }))
+                .to_bytes();
+                b.truncate(b.len() - 4);
+                b
+            },
+            VIRTIO_GPU_RESP_ERR_UNSPEC,
+        ), // body cut short
+    ];
+    for (i, (bytes, code)) in cases.iter().enumerate() {
+        d.submit_bytes(Queue::Control, bytes, i as u64).unwrap();
+        d.kick(Queue::Control).unwrap();
+        let c = d.wait_for(i as u64, T).unwrap();
+        assert_eq!(ok(&c), &Response::Err(*code), "case {i}");
+    }
+    assert!(matches!(
+        call(&mut d, Request::new(GpuCommand::GetDisplayInfo)),
+        Response::OkDisplayInfo(_)
+    ));
+}
+
+#[test]
+fn cursor_queue_updates_reach_the_display_without_the_control_queue() {
+    let (b, mut d) = start();
+    ctx_create(&mut d, 1);
+    // The control queue is stuck behind a hung fenced submit.
+    put(&mut d, &submit(1, 0, true).with_fence(1), 1);
+    d.kick(Queue::Control).unwrap();
+    let mv = Request::new(GpuCommand::MoveCursor(CursorUpdate {
+        pos: CursorPos {
+            scanout_id: ScanoutId(0),
+            x: 10,
+            y: 20,
+        },
+        resource_id: ResourceId(0),
+        hot_x: 0,
+        hot_y: 0,
+    }));
+    d.call(Queue::Cursor, &mv, T).unwrap();
+    let shown = b.display.snapshot();
+    assert!(shown.cursor.contains(&gpu::device::CursorEvent::Move {
+        scanout: 0,
+        x: 10,
+        y: 20
+    }));
+}

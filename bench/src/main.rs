@@ -3,10 +3,13 @@
 //! Subcommands (one module each):
 //! * `reactor` — wake-up latency of our reactor vs tokio-uring, epoll and raw
 //!   io_uring ([`reactor_bench`]).
+//! * `device` — commands/s through the device for 1/4/16 contexts on 1 and 2
+//!   shards ([`device_bench`]).
 //!
 //! To add a subcommand: add a variant to [`Command`] with its own `Args`
 //! struct, a module, and an arm in [`Command::run`].
 
+mod device_bench;
 mod reactor_bench;
 
 use std::path::PathBuf;
@@ -26,12 +29,15 @@ enum Command {
     /// Wake-up latency percentiles (same-shard eventfd, cross-shard doorbell,
     /// 1 ms timerfd lateness) for our reactor, tokio-uring, epoll and raw io_uring.
     Reactor(ReactorArgs),
+    /// Commands per second through the device, 1/4/16 contexts on 1 and 2 shards.
+    Device(DeviceArgs),
 }
 
 impl Command {
     fn run(self) -> Result<(), String> {
         match self {
             Command::Reactor(args) => run_reactor(args),
+            Command::Device(args) => run_device(args),
         }
     }
 }
@@ -92,6 +98,38 @@ fn run_reactor(args: ReactorArgs) -> Result<(), String> {
             out.write_all(json.as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(|e| format!("writing the JSON report: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+struct DeviceArgs {
+    /// Write ONE JSON object to PATH, or to stdout with `-`, instead of the table.
+    #[arg(long, value_name = "PATH|-")]
+    json: Option<JsonOut>,
+    /// Commands per case and round.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    commands: u64,
+    /// Interleaved rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
+fn run_device(args: DeviceArgs) -> Result<(), String> {
+    let report = device_bench::run(args.rounds as usize, args.commands, |l| {
+        eprintln!("bench device: {l}")
+    })?;
+    match &args.json {
+        None => print!("{}", device_bench::render_table(&report)),
+        Some(out) => {
+            let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
+            match out {
+                JsonOut::Stdout => print!("{json}"),
+                JsonOut::File(p) => {
+                    std::fs::write(p, json).map_err(|e| format!("{}: {e}", p.display()))?
+                }
+            }
         }
     }
     Ok(())

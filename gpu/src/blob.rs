@@ -37,6 +37,9 @@ pub trait BlobMapper: Send + Sync {
     fn map(&self, mem: BlobMemory, shm_offset: u64, writable: bool) -> BlobFuture;
     /// Unmaps `[shm_offset, shm_offset + len)`.
     fn unmap(&self, shm_offset: u64, len: u64) -> BlobFuture;
+    /// The device was reset: every mapping it made is void. (A VMM clears
+    /// the region itself on reset; an in-process stand-in forgets them.)
+    fn reset(&self) {}
 }
 
 /// No host-visible region: MAP_BLOB is refused.
@@ -84,6 +87,12 @@ impl FakeBlobMapper {
 impl BlobMapper for FakeBlobMapper {
     fn region_size(&self) -> u64 {
         self.region
+    }
+
+    fn reset(&self) {
+        if let Ok(mut m) = self.mapped.lock() {
+            m.clear();
+        }
     }
 
     fn map(&self, mem: BlobMemory, shm_offset: u64, _writable: bool) -> BlobFuture {

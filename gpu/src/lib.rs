@@ -6,8 +6,9 @@
 //! | [`device`] | queue intake, routing by context, per-shard execution, ordered completion |
 //! | [`fence`] | fence timelines: per (context, ring), or one global |
 //! | [`blob`] | blob map/unmap as async tasks; the `BlobMapper` the VMM side implements |
-//! | [`render`] | the `Renderer` trait and the renderers (`sim`, ...) |
+//! | [`render`] | the `Renderer` trait and the renderers (`sim`, `rutabaga2d`) |
 //! | [`backing`] | guest pages behind a resource |
+//! | [`vhost`] | the vhost-user backend: sessions, memory, rings, GPU socket, SHMEM_MAP |
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -17,3 +18,4 @@ pub mod device;
 pub mod fence;
 pub mod protocol;
 pub mod render;
+pub mod vhost;

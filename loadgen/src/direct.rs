@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpu::blob::FakeBlobMapper;
-use gpu::device::{Device, DeviceConfig, QueueKind, QueueSetup, RecordingDisplay};
+use gpu::device::{Device, DeviceConfig, DisplaySink, QueueKind, QueueSetup, RecordingDisplay};
 use gpu::render::RendererFactory;
 
 use crate::driver::{GpuDriver, GpuDriverError, QueueEnds};
@@ -26,6 +26,12 @@ pub struct DirectOptions {
     pub blob_region: u64,
     pub blob_delay: Duration,
     pub guest_ram: u64,
+    /// Where pixels go; `None`: a `RecordingDisplay` (see `DirectBackend::display`).
+    pub sink: Option<Arc<dyn DisplaySink>>,
+    /// Pin shard i to CPU i (see `reactor::Builder::pin`).
+    pub pin: bool,
+    /// Bounded spin of idle shards before they sleep (`reactor::Builder::spin`).
+    pub spin: Option<Duration>,
 }
 
 impl Default for DirectOptions {
@@ -44,6 +50,9 @@ impl Default for DirectOptions {
             blob_region: 256 << 20,
             blob_delay: Duration::ZERO,
             guest_ram: 256 << 20,
+            sink: None,
+            pin: false,
+            spin: None,
         }
     }
 }
@@ -62,16 +71,22 @@ impl DirectBackend {
     pub fn start(opts: DirectOptions) -> Result<(DirectBackend, GpuDriver), GpuDriverError> {
         let reactor = reactor::Reactor::builder()
             .shards(opts.shards)
+            .pin(opts.pin)
+            .spin(opts.spin)
             .name("gpu")
             .build()
             .map_err(GpuDriverError::Io)?;
         let display = Arc::new(RecordingDisplay::default());
         let blob = Arc::new(FakeBlobMapper::new(opts.blob_region, opts.blob_delay));
+        let sink: Arc<dyn DisplaySink> = match &opts.sink {
+            Some(s) => s.clone(),
+            None => display.clone(),
+        };
         let device = Device::new(
             &reactor,
             opts.config.clone(),
             opts.renderer.clone(),
-            display.clone(),
+            sink,
             blob.clone(),
         )
         .map_err(GpuDriverError::Io)?;

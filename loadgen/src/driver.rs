@@ -16,6 +16,7 @@ use gpu::protocol::{CtrlHeader, ProtocolError, Request, Response};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::frontend::{AddError, Buf, DriverError, DriverQueue, GuestRam, QueueFeatures};
+use crate::irq::{drain_eventfd, write_eventfd, Irq};
 
 /// Bytes reserved for each response (the largest, a capset, is smaller).
 const RESPONSE_BYTES: u32 = 4096;
@@ -76,11 +77,11 @@ fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// One queue, driver side, with its eventfds.
+/// One queue, driver side, with its kick eventfd (calls go to the IRQ
+/// thread).
 pub struct QueueSide {
     pub ring: DriverQueue,
     kick: OwnedFd,
-    call: OwnedFd,
     /// Commands added since the last kick.
     unkicked: Vec<u16>,
 }
@@ -102,6 +103,7 @@ pub struct QueueEnds {
 pub struct GpuDriver {
     ram: GuestRam,
     queues: [QueueSide; 2],
+    irq: Irq,
     pending: HashMap<(u8, u16), Pending>,
     /// Completions reaped but not yet asked for.
     ready: Vec<Completion>,
@@ -117,6 +119,7 @@ impl GpuDriver {
     ) -> Result<(GpuDriver, [QueueEnds; 2]), GpuDriverError> {
         let mut sides = Vec::new();
         let mut ends = Vec::new();
+        let mut calls = Vec::new();
         for _ in 0..2 {
             let ring = DriverQueue::new(&ram, size, features)
                 .map_err(|e| GpuDriverError::Memory(format!("{e:?}")))?;
@@ -126,22 +129,31 @@ impl GpuDriver {
                 kick: kick.try_clone().map_err(GpuDriverError::Io)?,
                 call: call.try_clone().map_err(GpuDriverError::Io)?,
             });
+            calls.push(call);
             sides.push(QueueSide {
                 ring,
                 kick,
-                call,
                 unkicked: Vec::new(),
             });
         }
         let mut s = sides.into_iter();
         let mut e = ends.into_iter();
-        let (Some(c), Some(k), Some(ec), Some(ek)) = (s.next(), s.next(), e.next(), e.next())
+        let mut cl = calls.into_iter();
+        let (Some(c), Some(k), Some(ec), Some(ek), Some(cc), Some(ck)) =
+            (s.next(), s.next(), e.next(), e.next(), cl.next(), cl.next())
         else {
             return Err(GpuDriverError::Memory("queue set-up".into()));
         };
+        let irq = Irq::start(
+            ram.memory().clone(),
+            [c.ring.used_ring(), k.ring.used_ring()],
+            [cc, ck],
+        )
+        .map_err(GpuDriverError::Io)?;
         Ok((
             GpuDriver {
                 ram,
+                irq,
                 queues: [c, k],
                 pending: HashMap::new(),
                 ready: Vec::new(),
@@ -288,24 +300,22 @@ impl GpuDriver {
         std::mem::take(&mut self.ready)
     }
 
-    /// Blocks until a call eventfd fires or `timeout` passes (this thread
-    /// is the guest's CPU, never a backend shard). Returns whether one fired.
+    /// Blocks until the device interrupts or `timeout` passes (this thread
+    /// is the guest's CPU, never a backend shard). Returns whether it did.
     pub fn wait_call(&self, timeout: Duration) -> Result<bool, GpuDriverError> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.queues[0].call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.queues[1].call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a live array of two pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        let mut fds = [libc::pollfd {
+            fd: self.irq.wake_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // ppoll: a nanosecond timeout, so a frame due in 300 µs is slept
+        // for, not spun on (poll(2) rounds down to whole milliseconds).
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a live pollfd, `ts` a live timespec, no mask.
+        let r = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -313,10 +323,8 @@ impl GpuDriver {
             }
             return Err(GpuDriverError::Io(e));
         }
-        for (i, f) in fds.iter().enumerate() {
-            if f.revents & libc::POLLIN != 0 {
-                drain_eventfd(&self.queues[i].call);
-            }
+        if r > 0 {
+            drain_eventfd(self.irq.wake_fd());
         }
         Ok(r > 0)
     }
@@ -372,27 +380,4 @@ impl GpuDriver {
             self.wait_call(left.min(Duration::from_millis(10)))?;
         }
     }
-}
-
-fn write_eventfd(fd: &OwnedFd) -> io::Result<()> {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live local.
-    let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    if n == 8 {
-        Ok(())
-    } else {
-        let e = io::Error::last_os_error();
-        // A counter already at its maximum has already signalled.
-        if e.raw_os_error() == Some(libc::EAGAIN) {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    }
-}
-
-fn drain_eventfd(fd: &OwnedFd) {
-    let mut v: u64 = 0;
-    // SAFETY: reads 8 bytes into a live local; the fd is non-blocking.
-    unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
 }

@@ -1,1 +1,175 @@
-fn main() {}
+//! `loadgen`: N gnome-shell-like desktops against a virtio-gpu backend,
+//! reporting throughput and fence-latency percentiles.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use loadgen::run::{self, Backend};
+use loadgen::scenario::{FenceMode, Plan, Profile, Scenario};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Plays N gnome-shell desktops against a virtio-gpu backend and measures fence latency",
+    long_about = "Plays N gnome-shell-like desktops against gpu-reactor (embedded, the default) \
+and reports throughput and p50/p99/p999 kick-to-used fence latency. Scenarios from the \
+multi-desktop deadlock analysis stress desktop 0 during the second half of the run while \
+the others are measured before and during."
+)]
+struct Args {
+    /// Number of desktops (one GPU context and scanout each).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=255))]
+    desktops: u16,
+    /// Run time, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// `3d` (contexts, SUBMIT_3D, blobs) or `2d` (dumb buffers, the base device).
+    #[arg(long, default_value = "3d")]
+    profile: Profile,
+    /// `ring` (a fence timeline per desktop) or `global` (one timeline).
+    #[arg(long, default_value = "ring")]
+    fence_mode: FenceMode,
+    /// none, unmap-storm, stalled-context, slow-map, queue-full, reset, heavy-context.
+    #[arg(long, default_value = "none")]
+    scenario: Scenario,
+    /// Frames per second per desktop (0 = unthrottled).
+    #[arg(long, default_value_t = 60)]
+    fps: u32,
+    /// Modelled GPU time per submit, in µs (sim renderer).
+    #[arg(long, default_value_t = 2000)]
+    gpu_cost_us: u32,
+    /// Flush whole frames instead of a moving 256x256 tile (default for 2d).
+    #[arg(long)]
+    full_damage: Option<bool>,
+    /// Shards of the embedded backend (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Pin backend shard i to CPU i and this driver thread to the last CPU.
+    #[arg(long)]
+    pin: bool,
+    /// Idle backend shards spin this long before sleeping (µs; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
+    /// Write the JSON report to PATH, or `-` for stdout.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("unknown unit in '{s}' (ms, s, m, h)")),
+    };
+    if !(secs > 0.0 && secs < 1e7) {
+        return Err(format!("duration '{s}' out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let plan = Plan {
+        desktops: args.desktops as usize,
+        duration: args.duration,
+        profile: args.profile,
+        fence_mode: args.fence_mode,
+        scenario: args.scenario,
+        fps: args.fps,
+        gpu_cost_us: args.gpu_cost_us,
+        full_damage: args.full_damage.unwrap_or(args.profile == Profile::TwoD),
+        ..Plan::default()
+    };
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if args.pin {
+        pin_to_last_cpu();
+    }
+    let (backend, driver) = match Backend::direct(
+        &plan,
+        shards,
+        args.pin,
+        (args.spin_us > 0).then(|| Duration::from_micros(args.spin_us)),
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the backend: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(1000);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bar:40} {percent:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(format!("{} desktops, {}", plan.desktops, plan.scenario));
+        b
+    });
+    let mut progress = |f: f64| {
+        if let Some(b) = &bar {
+            b.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
+        }
+    };
+    let report = run::run(&plan, &backend, driver, &mut progress);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    eprint!("{}", report.summary());
+    if let Some(path) = &args.json {
+        let json = match serde_json::to_string(&report) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("loadgen: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let written = if path == "-" {
+            writeln!(std::io::stdout(), "{json}")
+        } else {
+            std::fs::write(path, json + "\n")
+        };
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot write {path}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Pins the calling thread to the last CPU it may run on.
+fn pin_to_last_cpu() {
+    // SAFETY: cpu_set_t is plain data; the calls get valid pointers and sizes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return;
+        }
+        let Some(last) = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+        else {
+            return;
+        };
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(last, &mut one);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
+    }
+}

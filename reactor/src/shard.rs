@@ -465,6 +465,13 @@ fn new_ring(entries: u32) -> io::Result<IoUring> {
     }
 }
 
+/// Timer slack lets the kernel fire a thread's timers up to 50 µs late to
+/// batch wake-ups; fence timers are latency, so a shard asks for none.
+fn exact_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer; no memory is passed.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+}
+
 fn pin_to(index: usize) {
     // SAFETY: cpu_set_t is plain data; the calls get valid pointers and sizes.
     unsafe {
@@ -564,6 +571,7 @@ impl Builder {
                     if pin {
                         pin_to(i);
                     }
+                    exact_timers();
                     let core = match Core::new(i, r, &cfg) {
                         Ok(c) => Rc::new(c),
                         Err(e) => {
@@ -597,6 +605,7 @@ impl Builder {
         }
         let remote = Arc::new(Remote::new(0)?);
         let core = Rc::new(Core::new(0, remote, &self.cfg)?);
+        exact_timers();
         let mut fut = pin!(fut);
         let mut out = None;
         let mut poll_main = |cx: &mut Context<'_>| match fut.as_mut().poll(cx) {

@@ -14,12 +14,16 @@ pub(super) async fn run(owner: OwnerRef, mut rx: reactor::Receiver<Done>) {
     while let Some(first) = rx.recv().await {
         batch.push(first);
         rx.drain_into(&mut batch);
-        let mut o = owner.borrow_mut();
-        for d in batch.drain(..) {
-            o.complete(d);
+        {
+            let mut o = owner.borrow_mut();
+            for d in batch.drain(..) {
+                o.complete(d);
+            }
+            o.signal_used(QueueKind::Control);
+            o.signal_used(QueueKind::Cursor);
         }
-        o.signal_used(QueueKind::Control);
-        o.signal_used(QueueKind::Cursor);
+        // A steady stream of completions must not starve intake.
+        reactor::yield_now().await;
     }
 }
 

@@ -63,7 +63,14 @@ pub async fn run(env: ShardEnv, mut rx: reactor::Receiver<ShardMsg>) {
         renderer,
         resources: HashMap::new(),
     }));
+    let mut since_yield = 0;
     while let Some(msg) = rx.recv().await {
+        // A queued burst must not keep the shard from its other tasks.
+        since_yield += 1;
+        if since_yield == 32 {
+            since_yield = 0;
+            reactor::yield_now().await;
+        }
         match msg {
             ShardMsg::Job(job) => execute(&env, &state, *job),
             ShardMsg::Reset => {

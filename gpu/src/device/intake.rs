@@ -27,7 +27,10 @@ use super::scanout::{Binding, CursorEvent, ScanoutMode};
 /// kick (an eventfd read on the ring), repeat.
 pub(super) async fn run(owner: OwnerRef, kind: QueueKind, kick: reactor::io::EventFd) {
     loop {
-        drain(&owner, kind);
+        if drain(&owner, kind) {
+            reactor::yield_now().await;
+            continue;
+        }
         if let Err(e) = kick.read().await {
             tracing::error!(queue = ?kind, error = %e, "kick eventfd failed; intake stops");
             return;
@@ -35,13 +38,22 @@ pub(super) async fn run(owner: OwnerRef, kind: QueueKind, kick: reactor::io::Eve
     }
 }
 
-/// Pops every available chain.
-pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) {
+/// Chains popped before intake lets the shard's other tasks (completion,
+/// context executors) run: a full 1024-entry queue must not hold the shard
+/// for milliseconds.
+const INTAKE_BUDGET: usize = 64;
+
+/// Pops available chains, at most `INTAKE_BUDGET`; true when more remain.
+pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
     let mut o = owner.borrow_mut();
     let mem = o.mem.memory();
-    loop {
+    let mut popped = 0;
+    let more = loop {
+        if popped == INTAKE_BUDGET {
+            break true;
+        }
         let Some(q) = o.queues[kind as usize].as_mut() else {
-            return;
+            return false;
         };
         let chain = match q.queue.iter(&*mem) {
             Ok(mut it) => it.next(),
@@ -51,19 +63,23 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) {
             }
         };
         match chain {
-            Some(chain) => handle(&mut o, kind, chain, &mem),
+            Some(chain) => {
+                popped += 1;
+                handle(&mut o, kind, chain, &mem);
+            }
             None => match q.queue.enable_notification(&*mem) {
                 // More arrived while notifications were off: keep going.
                 Ok(true) => continue,
-                Ok(false) => break,
+                Ok(false) => break false,
                 Err(e) => {
                     tracing::warn!(queue = ?kind, error = ?e, "cannot enable notifications");
-                    break;
+                    break false;
                 }
             },
         }
-    }
+    };
     o.signal_used(kind);
+    more
 }
 
 /// The timeline a fenced header is ordered on.

@@ -99,6 +99,7 @@ pub(crate) struct DeviceShared {
     /// Shards that host contexts and resources.
     pub placement: Vec<usize>,
     pub display: Arc<dyn DisplaySink>,
+    pub blob: Arc<dyn BlobMapper>,
 }
 
 /// A virtio-gpu device running on a reactor.
@@ -151,16 +152,20 @@ impl Device {
         let mut shards = Vec::with_capacity(n);
         for (i, handle) in reactor.shards().iter().enumerate() {
             let (tx, rx) = reactor::channel();
-            let env = context::ShardEnv {
-                shard: i,
-                mem: mem.clone(),
-                display: display.clone(),
-                blob: blob.clone(),
-                renderer: renderer.clone(),
-            };
-            handle.run(move || {
-                reactor::spawn_local_named("context-shard", context::run(env, rx));
-            });
+            // Only shards that host contexts and resources get an executor
+            // (and a renderer): a single-threaded library gets exactly one.
+            if placement.contains(&i) {
+                let env = context::ShardEnv {
+                    shard: i,
+                    mem: mem.clone(),
+                    display: display.clone(),
+                    blob: blob.clone(),
+                    renderer: renderer.clone(),
+                };
+                handle.run(move || {
+                    reactor::spawn_local_named("context-shard", context::run(env, rx));
+                });
+            }
             shards.push(ShardLink { tx });
         }
         let shared = Arc::new(DeviceShared {
@@ -169,6 +174,7 @@ impl Device {
             shards,
             placement,
             display,
+            blob,
         });
         let (owner_tx, owner_rx) = reactor::channel();
         let (s, m) = (shared.clone(), mem.clone());

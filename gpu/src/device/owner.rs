@@ -217,6 +217,7 @@ impl Owner {
         for s in &self.shared.shards {
             let _ = s.tx.send(ShardMsg::Reset);
         }
+        self.shared.blob.reset();
         for i in 0..self.scanouts.count() {
             self.shared.display.scanout(i, None);
         }

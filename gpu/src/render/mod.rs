@@ -5,6 +5,7 @@
 //! resources (`single_shard` renderers, whose library wants one thread, get
 //! exactly one instance and every context and resource is placed there).
 
+pub mod rutabaga2d;
 pub mod sim;
 
 use std::future::Future;

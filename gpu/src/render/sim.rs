@@ -8,6 +8,9 @@
 //! u32 magic   "GSIM" (0x4D495347, little endian)
 //! u32 gpu_us  modelled GPU time of this submit
 //! u32 flags   bit 0: hang (this ring never completes again)
+//!             bit 1: fill (six more words follow)
+//! u32 resource, x, y, width, height, colour   (with bit 1: the GPU "draws"
+//!             the rectangle of the resource in one colour)
 //! ```
 //!
 //! Anything else costs the renderer's default time. Each (context, ring)
@@ -29,6 +32,7 @@ use crate::protocol::{ProtocolError, Rect, Transfer3d};
 pub const SIM_CAPSET_ID: u32 = 63;
 pub const SIM_MAGIC: u32 = 0x4D49_5347;
 pub const SIM_FLAG_HANG: u32 = 1;
+pub const SIM_FLAG_FILL: u32 = 2;
 /// Rings per context the sim keeps apart (the spec's maximum).
 pub const SIM_RINGS: u8 = 64;
 
@@ -41,17 +45,64 @@ pub fn sim_submit(gpu_us: u32, hang: bool) -> Vec<u8> {
     v
 }
 
-fn parse_submit(cmds: &[u8], default: Duration) -> (Duration, bool) {
+/// Builds a sim command buffer that also draws `rect` of `resource` in
+/// `colour` (4-byte pixels). The drawing lands at once; with `hang` the
+/// ring's fence never signals.
+pub fn sim_submit_fill(gpu_us: u32, hang: bool, resource: u32, rect: Rect, colour: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(36);
+    let hang = if hang { SIM_FLAG_HANG } else { 0 };
+    for w in [
+        SIM_MAGIC,
+        gpu_us,
+        SIM_FLAG_FILL | hang,
+        resource,
+        rect.x,
+        rect.y,
+        rect.width,
+        rect.height,
+        colour,
+    ] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+/// A parsed sim command buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SimSubmit {
+    cost: Duration,
+    hang: bool,
+    fill: Option<(u32, Rect, u32)>,
+}
+
+fn parse_submit(cmds: &[u8], default: Duration) -> SimSubmit {
     let word = |i: usize| {
         cmds.get(i * 4..i * 4 + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     match (word(0), word(1), word(2)) {
-        (Some(SIM_MAGIC), Some(us), Some(flags)) => (
-            Duration::from_micros(u64::from(us)),
-            flags & SIM_FLAG_HANG != 0,
-        ),
-        _ => (default, false),
+        (Some(SIM_MAGIC), Some(us), Some(flags)) => {
+            let fill = if flags & SIM_FLAG_FILL != 0 {
+                match (word(3), word(4), word(5), word(6), word(7), word(8)) {
+                    (Some(r), Some(x), Some(y), Some(w), Some(h), Some(c)) => {
+                        Some((r, Rect::new(x, y, w, h), c))
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            SimSubmit {
+                cost: Duration::from_micros(u64::from(us)),
+                hang: flags & SIM_FLAG_HANG != 0,
+                fill,
+            }
+        }
+        _ => SimSubmit {
+            cost: default,
+            hang: false,
+            fill: None,
+        },
     }
 }
 
@@ -173,7 +224,20 @@ impl Renderer for SimRenderer {
         if !self.contexts.contains_key(&ctx) {
             return Err(ProtocolError::UnknownContext(ctx));
         }
-        let (cost, hang) = parse_submit(cmds, self.default_cost);
+        let SimSubmit { cost, hang, fill } = parse_submit(cmds, self.default_cost);
+        if let Some((id, rect, colour)) = fill {
+            let res = self.resource(id)?;
+            if !rect.fits_within(res.width, res.height) || res.pixels.is_empty() {
+                return Err(ProtocolError::RectOutsideResource);
+            }
+            let c = colour.to_le_bytes();
+            for y in rect.y..rect.y + rect.height {
+                let start = (y as usize * res.width as usize + rect.x as usize) * 4;
+                for px in res.pixels[start..start + rect.width as usize * 4].chunks_exact_mut(4) {
+                    px.copy_from_slice(&c);
+                }
+            }
+        }
         let clock = self.rings.entry((ctx, ring)).or_default();
         let now = Instant::now();
         let start = clock.busy_until.map_or(now, |b| b.max(now));
@@ -324,16 +388,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sim_header_sets_cost_and_hang() {
+    fn sim_header_sets_cost_hang_and_fill() {
+        let p = parse_submit(&sim_submit(250, false), Duration::ZERO);
         assert_eq!(
-            parse_submit(&sim_submit(250, false), Duration::ZERO),
-            (Duration::from_micros(250), false)
+            (p.cost, p.hang, p.fill),
+            (Duration::from_micros(250), false, None)
         );
-        assert!(parse_submit(&sim_submit(1, true), Duration::ZERO).1);
+        assert!(parse_submit(&sim_submit(1, true), Duration::ZERO).hang);
+        let f = parse_submit(
+            &sim_submit_fill(3, false, 9, Rect::new(1, 2, 3, 4), 0xabc),
+            Duration::ZERO,
+        );
+        assert_eq!(f.fill, Some((9, Rect::new(1, 2, 3, 4), 0xabc)));
         // Not a sim buffer: the default cost, never a hang.
+        let d = parse_submit(&[1, 2, 3], Duration::from_micros(7));
+        assert_eq!((d.cost, d.hang), (Duration::from_micros(7), false));
+        // A fill flag with its words cut off draws nothing.
+        let mut cut = sim_submit_fill(3, false, 9, Rect::new(1, 2, 3, 4), 0xabc);
+        cut.truncate(20);
+        assert_eq!(parse_submit(&cut, Duration::ZERO).fill, None);
+    }
+
+    #[test]
+    fn fill_draws_the_rectangle_and_refuses_one_outside() {
+        let mut r = SimRenderer::new(Duration::ZERO);
+        r.create_context(1, 0, b"").unwrap();
+        let kind = ResourceKind::Image2d {
+            format: crate::protocol::Format::B8G8R8X8Unorm,
+            width: 4,
+            height: 4,
+        };
+        r.create_resource(5, &kind).unwrap();
+        r.submit(
+            1,
+            0,
+            &sim_submit_fill(0, false, 5, Rect::new(1, 1, 2, 2), 0x11223344),
+        )
+        .unwrap();
+        let mut px = Vec::new();
+        r.read_rect(5, Rect::new(0, 1, 4, 1), &mut px).unwrap();
+        let words: Vec<u32> = px
+            .chunks(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(words, vec![0, 0x11223344, 0x11223344, 0]);
         assert_eq!(
-            parse_submit(&[1, 2, 3], Duration::from_micros(7)),
-            (Duration::from_micros(7), false)
+            r.submit(
+                1,
+                0,
+                &sim_submit_fill(0, false, 5, Rect::new(3, 3, 2, 2), 1)
+            ),
+            Err(ProtocolError::RectOutsideResource)
         );
     }
 

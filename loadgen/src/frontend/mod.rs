@@ -8,7 +8,9 @@
 //!   suppression, used-ring validation).
 
 pub mod guest_ram;
+pub mod vhost;
 pub mod vring;
 
 pub use guest_ram::{GuestRam, GuestRamConfig, GuestRamError, NotAllocated, OutOfGuestMemory};
+pub use vhost::{MemTableMode, VhostError, VhostFrontend, VhostOptions};
 pub use vring::{AddError, Buf, DriverError, DriverQueue, QueueFeatures, QueueSetupError, Used};

@@ -392,6 +392,11 @@ impl DriverQueue {
         self.used_ring
     }
 
+    /// Ring position of the next used entry `pop_used` will return.
+    pub fn next_used(&self) -> u16 {
+        self.last_used.0
+    }
+
     /// Number of entries.
     pub fn size(&self) -> u16 {
         self.size

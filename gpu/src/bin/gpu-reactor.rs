@@ -1,0 +1,254 @@
+//! gpu-reactor: a virtio-gpu vhost-user backend.
+//!
+//! Listens on a unix socket for a VMM (`-device vhost-user-gpu-pci`) and
+//! serves one frontend at a time; SIGTERM or SIGINT stop it cleanly (stop
+//! accepting, end the session, reset the device, exit 0).
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use gpu::device::{DeviceConfig, MAX_QUEUE_SIZE};
+use gpu::vhost::{Backend, BackendOptions, Server, SessionEnd};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Renderer {
+    /// Modelled GPU time, real memory copies (no host GPU needed).
+    Sim,
+    /// 2D only, through rutabaga_gfx (not built yet).
+    #[value(name = "2d")]
+    TwoD,
+    /// virglrenderer on llvmpipe (not built yet).
+    Virgl,
+}
+
+/// A virtio-gpu vhost-user backend: thread-per-core io_uring shards,
+/// contexts isolated from each other, fences completed by events.
+///
+/// Start it, then point QEMU at the socket:
+///   gpu-reactor -s /run/gpu.sock &
+///   qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=2G,share=on
+///     -numa node,memdev=mem -chardev socket,id=gpu,path=/run/gpu.sock
+///     -device vhost-user-gpu-pci,chardev=gpu
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, or
+/// RUST_LOG=gpu::vhost=debug for every vhost-user message).
+#[derive(Debug, Parser)]
+#[command(name = "gpu-reactor", version, verbatim_doc_comment)]
+struct Args {
+    /// Listen for the VMM on this unix socket (created with mode 0600; a
+    /// stale socket file is replaced).
+    #[arg(short = 's', long, value_name = "PATH",
+          required_unless_present_any = ["fd", "print_capabilities"])]
+    socket_path: Option<PathBuf>,
+
+    /// Serve one VMM on this already connected socket, then exit (how
+    /// libvirt starts vhost-user backends).
+    #[arg(long, value_name = "FDNUM", conflicts_with = "socket_path")]
+    fd: Option<i32>,
+
+    /// What executes the guest's GPU work.
+    #[arg(long, value_enum, default_value_t = Renderer::Sim)]
+    renderer: Renderer,
+
+    /// Reactor shards (threads, one io_uring each) [default: one per core]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    shards: Option<u16>,
+
+    /// Largest control queue the VMM may set up (a power of two, at most 1024).
+    #[arg(long, value_name = "N", default_value_t = MAX_QUEUE_SIZE, value_parser = parse_queue_size)]
+    queue_size: u16,
+
+    /// Scanouts (displays) the device reports.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    outputs: u32,
+
+    /// Warn about any reactor task that keeps a shard busy longer than this
+    /// (0: never).
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    stall_warn_ms: u64,
+
+    /// Serve Prometheus metrics on this address (not implemented yet:
+    /// accepted and ignored).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
+    /// Print the vhost-user capabilities JSON (as libvirt reads it) and exit.
+    #[arg(long)]
+    print_capabilities: bool,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u16 = s.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || n > MAX_QUEUE_SIZE || !n.is_power_of_two() {
+        return Err(format!("must be a power of two from 1 to {MAX_QUEUE_SIZE}"));
+    }
+    Ok(n)
+}
+
+/// The vhost-user backend capabilities (vhost-user.rst, "Backend program
+/// conventions"): neither `render-node` nor `virgl` is supported yet.
+const CAPABILITIES: &str = r#"{"type":"gpu","features":[]}"#;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_capabilities {
+        println!("{CAPABILITIES}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpu-reactor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    match args.renderer {
+        Renderer::Sim => {}
+        other => {
+            return Err(format!(
+                "renderer {:?} is not built yet; only `--renderer sim` exists",
+                other
+                    .to_possible_value()
+                    .map_or("?".into(), |v| v.get_name().to_string())
+            ))
+        }
+    }
+    if let Some(addr) = &args.metrics {
+        tracing::warn!(%addr, "--metrics is not implemented yet; no endpoint is served");
+    }
+    // Signals are taken by one thread with sigwait(2); blocking them here,
+    // before any thread starts, keeps every other thread from seeing them.
+    let signals = block_termination_signals()?;
+    let opts = BackendOptions {
+        shards: args.shards.map_or_else(
+            || thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        ),
+        max_queue_size: args.queue_size,
+        device: DeviceConfig {
+            num_scanouts: args.outputs,
+            ..DeviceConfig::default()
+        },
+        stall_warn: (args.stall_warn_ms > 0).then(|| Duration::from_millis(args.stall_warn_ms)),
+        ..BackendOptions::default()
+    };
+    let shards = opts.shards;
+    let backend =
+        Arc::new(Backend::start(opts).map_err(|e| format!("cannot start the device: {e}"))?);
+    tracing::info!(
+        renderer = "sim",
+        shards,
+        queue_size = args.queue_size,
+        outputs = args.outputs,
+        "gpu-reactor started"
+    );
+
+    if let Some(fd) = args.fd {
+        return serve_fd(backend, fd, signals);
+    }
+    let Some(path) = args.socket_path else {
+        return Err("--socket-path or --fd is required".into());
+    };
+    let server = Server::bind(&path, backend.clone())
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let stop = server.stopper();
+    spawn_signal_thread(signals, move || stop.stop())?;
+    server.run().map_err(|e| format!("accept failed: {e}"))?;
+    drop(server);
+    shut_down(&backend);
+    Ok(())
+}
+
+/// `--fd`: one session on an inherited socket.
+fn serve_fd(backend: Arc<Backend>, fd: i32, signals: libc::sigset_t) -> Result<(), String> {
+    if fd < 0 {
+        return Err(format!("--fd {fd} is not a file descriptor"));
+    }
+    // SAFETY: the parent handed this descriptor to us for exactly this use;
+    // nothing else in the process owns it.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let b = backend.clone();
+    spawn_signal_thread(signals, move || b.interrupt())?;
+    let b = backend.clone();
+    let session = thread::Builder::new()
+        .name("vhost-control".into())
+        .spawn(move || b.serve_stream(stream))
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+    match session.join() {
+        Ok(SessionEnd::Disconnected) | Ok(SessionEnd::Closed(_)) => {}
+        Err(_) => tracing::error!("the session thread panicked"),
+    }
+    shut_down(&backend);
+    Ok(())
+}
+
+fn shut_down(backend: &Backend) {
+    if let Err(e) = backend.device().reset() {
+        tracing::warn!("final device reset: {e}");
+    }
+    tracing::info!("gpu-reactor stopped");
+}
+
+fn block_termination_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: sigset_t is plain data; the calls get valid pointers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(format!(
+                "pthread_sigmask: {}",
+                std::io::Error::from_raw_os_error(r)
+            ));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for SIGTERM/SIGINT on its own thread and calls `on_signal` once.
+fn spawn_signal_thread(
+    set: libc::sigset_t,
+    on_signal: impl FnOnce() + Send + 'static,
+) -> Result<(), String> {
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            loop {
+                // SAFETY: `set` and `sig` are live locals.
+                let r = unsafe { libc::sigwait(&set, &mut sig) };
+                if r == 0 {
+                    break;
+                }
+            }
+            let name = if sig == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            tracing::info!("{name}: stopping");
+            on_signal();
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}

@@ -1,0 +1,338 @@
+//! What waits to be sent on the QEMU GPU socket, merged so that a slow VMM
+//! costs memory bounded by a few frames and never blocks the guest.
+//!
+//! - Requests (protocol features, display info, EDID) go first, in order.
+//! - Cursor messages go next: an unsent move is replaced by a newer one; a
+//!   new image or hide replaces everything unsent for that scanout.
+//! - Each scanout has its own queue, served round robin: an `UPDATE` whose
+//!   rectangle covers an unsent one replaces it (latest pixels win); a new
+//!   `SCANOUT` drops the unsent updates of the mode it replaces. If a
+//!   scanout still piles up more than [`MAX_PENDING_BYTES`] of pixels, its
+//!   oldest updates are dropped and counted.
+
+use std::collections::VecDeque;
+
+use crate::device::CursorEvent;
+use crate::protocol::Rect;
+
+/// Unsent pixel bytes one scanout may hold (four 4K frames).
+pub const MAX_PENDING_BYTES: usize = 4 * 3840 * 2160 * 4;
+
+/// A message for the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A request or notification with its encoded payload.
+    Request {
+        code: u32,
+        payload: Vec<u8>,
+    },
+    Scanout {
+        scanout: u32,
+        width: u32,
+        height: u32,
+    },
+    Update {
+        scanout: u32,
+        rect: Rect,
+        pixels: Vec<u8>,
+    },
+    Cursor(CursorEvent),
+}
+
+/// What a push did to the queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Unsent messages a newer one made pointless.
+    pub replaced: u64,
+    /// Unsent updates dropped to stay under the byte limit.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    control: VecDeque<Outgoing>,
+    cursor: VecDeque<CursorEvent>,
+    scanouts: Vec<VecDeque<Outgoing>>,
+    pending_bytes: Vec<usize>,
+    next_scanout: usize,
+}
+
+fn covers(outer: Rect, inner: Rect) -> bool {
+    match (outer.end(), inner.end()) {
+        (Some((or, ob)), Some((ir, ib))) => {
+            outer.x <= inner.x && outer.y <= inner.y && or >= ir && ob >= ib
+        }
+        _ => false,
+    }
+}
+
+fn cursor_scanout(e: &CursorEvent) -> u32 {
+    match e {
+        CursorEvent::Update { scanout, .. } | CursorEvent::Move { scanout, .. } => *scanout,
+    }
+}
+
+impl Outbox {
+    pub fn new(num_scanouts: u32) -> Outbox {
+        let n = num_scanouts.max(1) as usize;
+        Outbox {
+            scanouts: (0..n).map(|_| VecDeque::new()).collect(),
+            pending_bytes: vec![0; n],
+            ..Outbox::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.control.is_empty()
+            && self.cursor.is_empty()
+            && self.scanouts.iter().all(|q| q.is_empty())
+    }
+
+    pub fn clear(&mut self) {
+        self.control.clear();
+        self.cursor.clear();
+        self.scanouts.iter_mut().for_each(VecDeque::clear);
+        self.pending_bytes.iter_mut().for_each(|b| *b = 0);
+    }
+
+    pub fn push_request(&mut self, code: u32, payload: Vec<u8>) {
+        self.control.push_back(Outgoing::Request { code, payload });
+    }
+
+    /// A new mode (`width` 0: disabled). Updates of the old mode still
+    /// queued would land on a surface about to be replaced: dropped.
+    pub fn push_scanout(&mut self, scanout: u32, width: u32, height: u32) -> Merged {
+        let Some(q) = self.scanouts.get_mut(scanout as usize) else {
+            return Merged::default();
+        };
+        let before = q.len();
+        q.retain(|m| !matches!(m, Outgoing::Update { .. }));
+        let replaced = (before - q.len()) as u64;
+        self.pending_bytes[scanout as usize] = 0;
+        q.push_back(Outgoing::Scanout {
+            scanout,
+            width,
+            height,
+        });
+        Merged {
+            replaced,
+            dropped: 0,
+        }
+    }
+
+    /// New pixels for `rect`: unsent updates it covers (since the last
+    /// mode change) are replaced.
+    pub fn push_update(&mut self, scanout: u32, rect: Rect, pixels: Vec<u8>) -> Merged {
+        let i = scanout as usize;
+        let Some(q) = self.scanouts.get_mut(i) else {
+            return Merged::default();
+        };
+        let mut merged = Merged::default();
+        // Only updates after the last SCANOUT may go: an older one belongs
+        // to a surface that SCANOUT replaces anyway.
+        let first = q
+            .iter()
+            .rposition(|m| matches!(m, Outgoing::Scanout { .. }))
+            .map_or(0, |p| p + 1);
+        let mut k = first;
+        while k < q.len() {
+            let covered = matches!(&q[k], Outgoing::Update { rect: r, .. } if covers(rect, *r));
+            if covered {
+                if let Some(Outgoing::Update { pixels, .. }) = q.remove(k) {
+                    self.pending_bytes[i] -= pixels.len();
+                }
+                merged.replaced += 1;
+            } else {
+                k += 1;
+            }
+        }
+        self.pending_bytes[i] += pixels.len();
+        q.push_back(Outgoing::Update {
+            scanout,
+            rect,
+            pixels,
+        });
+        while self.pending_bytes[i] > MAX_PENDING_BYTES {
+            let Some(oldest) = q.iter().position(|m| matches!(m, Outgoing::Update { .. })) else {
+                break;
+            };
+            if oldest + 1 == q.len() {
+                break; // never drop the newest
+            }
+            if let Some(Outgoing::Update { pixels, .. }) = q.remove(oldest) {
+                self.pending_bytes[i] -= pixels.len();
+            }
+            merged.dropped += 1;
+        }
+        merged
+    }
+
+    pub fn push_cursor(&mut self, event: CursorEvent) -> Merged {
+        let s = cursor_scanout(&event);
+        let before = self.cursor.len();
+        match &event {
+            CursorEvent::Move { .. } => self
+                .cursor
+                .retain(|e| !(matches!(e, CursorEvent::Move { .. }) && cursor_scanout(e) == s)),
+            CursorEvent::Update { .. } => self.cursor.retain(|e| cursor_scanout(e) != s),
+        }
+        let replaced = (before - self.cursor.len()) as u64;
+        self.cursor.push_back(event);
+        Merged {
+            replaced,
+            dropped: 0,
+        }
+    }
+
+    /// The next message to send: requests, then cursor, then one message
+    /// of the next scanout that has any.
+    pub fn pop(&mut self) -> Option<Outgoing> {
+        if let Some(m) = self.control.pop_front() {
+            return Some(m);
+        }
+        if let Some(e) = self.cursor.pop_front() {
+            return Some(Outgoing::Cursor(e));
+        }
+        let n = self.scanouts.len();
+        for step in 0..n {
+            let i = (self.next_scanout + step) % n;
+            if let Some(m) = self.scanouts[i].pop_front() {
+                if let Outgoing::Update { pixels, .. } = &m {
+                    self.pending_bytes[i] -= pixels.len();
+                }
+                self.next_scanout = (i + 1) % n;
+                return Some(m);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(o: &mut Outbox, s: u32, r: Rect, fill: u8) -> Merged {
+        o.push_update(s, r, vec![fill; (r.width * r.height * 4) as usize])
+    }
+
+    fn drain(o: &mut Outbox) -> Vec<Outgoing> {
+        std::iter::from_fn(|| o.pop()).collect()
+    }
+
+    #[test]
+    fn a_covering_update_replaces_the_unsent_one_and_latest_pixels_win() {
+        let mut o = Outbox::new(1);
+        o.push_scanout(0, 64, 64);
+        update(&mut o, 0, Rect::new(0, 0, 8, 8), 1);
+        update(&mut o, 0, Rect::new(4, 4, 8, 8), 2); // overlaps, does not cover
+        let m = update(&mut o, 0, Rect::new(0, 0, 64, 64), 3);
+        assert_eq!(m.replaced, 2);
+        let sent = drain(&mut o);
+        assert_eq!(sent.len(), 2);
+        assert!(matches!(&sent[1], Outgoing::Update { pixels, .. } if pixels[0] == 3));
+    }
+
+    #[test]
+    fn a_partial_update_is_kept_in_order() {
+        let mut o = Outbox::new(1);
+        o.push_scanout(0, 64, 64);
+        update(&mut o, 0, Rect::new(0, 0, 64, 64), 1);
+        update(&mut o, 0, Rect::new(0, 0, 8, 8), 2);
+        let sent = drain(&mut o);
+        assert_eq!(sent.len(), 3);
+        assert!(matches!(&sent[2], Outgoing::Update { pixels, .. } if pixels[0] == 2));
+    }
+
+    #[test]
+    fn a_new_mode_drops_updates_of_the_old_one() {
+        let mut o = Outbox::new(1);
+        o.push_scanout(0, 64, 64);
+        update(&mut o, 0, Rect::new(0, 0, 8, 8), 1);
+        o.push_scanout(0, 32, 32);
+        let sent = drain(&mut o);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|m| matches!(m, Outgoing::Scanout { .. })));
+    }
+
+    #[test]
+    fn requests_go_before_cursor_before_pixels_and_scanouts_take_turns() {
+        let mut o = Outbox::new(2);
+        update(&mut o, 0, Rect::new(0, 0, 1, 1), 0);
+        update(&mut o, 0, Rect::new(1, 0, 1, 1), 0);
+        update(&mut o, 1, Rect::new(0, 0, 1, 1), 0);
+        o.push_cursor(CursorEvent::Move {
+            scanout: 0,
+            x: 1,
+            y: 1,
+        });
+        o.push_request(3, Vec::new());
+        let sent = drain(&mut o);
+        assert!(matches!(sent[0], Outgoing::Request { code: 3, .. }));
+        assert!(matches!(sent[1], Outgoing::Cursor(_)));
+        let order: Vec<u32> = sent[2..]
+            .iter()
+            .map(|m| match m {
+                Outgoing::Update { scanout, .. } => *scanout,
+                _ => 99,
+            })
+            .collect();
+        assert_eq!(order, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn cursor_moves_collapse_and_a_new_image_supersedes_them() {
+        let mut o = Outbox::new(1);
+        for x in 0..5 {
+            o.push_cursor(CursorEvent::Move {
+                scanout: 0,
+                x,
+                y: 0,
+            });
+        }
+        assert_eq!(drain(&mut o).len(), 1);
+        o.push_cursor(CursorEvent::Move {
+            scanout: 0,
+            x: 1,
+            y: 0,
+        });
+        o.push_cursor(CursorEvent::Update {
+            scanout: 0,
+            x: 2,
+            y: 2,
+            hot_x: 0,
+            hot_y: 0,
+            image: None,
+        });
+        let sent = drain(&mut o);
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(
+            sent[0],
+            Outgoing::Cursor(CursorEvent::Update { .. })
+        ));
+    }
+
+    #[test]
+    fn a_scanout_that_piles_up_drops_its_oldest_updates() {
+        let mut o = Outbox::new(1);
+        let strip = Rect::new(0, 0, 3840, 2160);
+        let mut dropped = 0;
+        for i in 0..10u32 {
+            // Bands shifted by a row: none covers another.
+            let r = Rect::new(0, i, strip.width, strip.height - 10);
+            dropped += update(&mut o, 0, r, i as u8).dropped;
+        }
+        assert!(dropped > 0);
+        let sent = drain(&mut o);
+        let bytes: usize = sent
+            .iter()
+            .map(|m| match m {
+                Outgoing::Update { pixels, .. } => pixels.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(bytes <= MAX_PENDING_BYTES);
+        assert!(matches!(sent.last(), Some(Outgoing::Update { pixels, .. }) if pixels[0] == 9));
+        assert!(o.is_empty());
+    }
+}

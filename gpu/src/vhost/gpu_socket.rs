@@ -1,0 +1,638 @@
+//! The QEMU vhost-user-gpu display protocol (`docs/interop/vhost-user-gpu.rst`
+//! in QEMU): the socket the frontend hands over with `GPU_SET_SOCKET`, on
+//! which the backend shows scanouts, pixels and the cursor, and asks the VMM
+//! for its display configuration and EDID.
+//!
+//! [`GpuSocketDisplay`] is the device's [`DisplaySink`]. Its methods run on
+//! whatever shard flushed, so they only queue (merging what a newer message
+//! makes pointless, see `display_queue.rs`) and wake a writer task on the
+//! display shard, which sends with ring I/O. A reader task on the same
+//! shard takes the VMM's replies. A VMM that reads slowly therefore costs
+//! memory bounded by a few frames, never a blocked guest; a VMM that never
+//! answers a request costs one timeout.
+//!
+//! The device keeps its sink for its whole life, while sockets come and go
+//! with frontend sessions (and QEMU sends a new one each time the driver
+//! starts): [`GpuSocketDisplay::attach`] replaces the socket,
+//! [`GpuSocketDisplay::detach`] drops it, and the sink stays the same object.
+
+use std::mem;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use std::time::Duration;
+
+use reactor::io::AsyncFd;
+use vhost::vhost_user::gpu_message::{
+    GpuBackendReq, VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest,
+    VhostUserGpuScanout, VhostUserGpuUpdate, VirtioGpuRespDisplayInfo, VirtioGpuRespGetEdid,
+};
+use vm_memory::ByteValued;
+
+use super::display_queue::{Merged, Outbox, Outgoing};
+use super::frame::{self, Header};
+use super::link::{self, Waiters};
+use crate::device::{CursorEvent, DisplaySink, ScanoutMode};
+use crate::protocol::{DisplayMode, Rect};
+
+/// `VHOST_USER_GPU_PROTOCOL_F_EDID` (bit 0): the VMM answers `GET_EDID`.
+pub const GPU_PROTOCOL_F_EDID: u64 = 1 << 0;
+/// Reply flag of the GPU protocol header.
+const FLAG_REPLY: u32 = 0x4;
+/// Largest reply accepted from the VMM (an EDID reply is 1056 bytes).
+const MAX_REPLY: usize = 64 << 10;
+/// Cursor images are 64x64, 4 bytes per pixel.
+const CURSOR_BYTES: usize = 64 * 64 * 4;
+
+/// Counters of the display link.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DisplayStats {
+    /// Messages written to the socket.
+    pub sent: u64,
+    /// Unsent messages a newer one made pointless.
+    pub replaced: u64,
+    /// Updates dropped: too many bytes pending, no socket, or no mode.
+    pub dropped: u64,
+    /// Requests the VMM did not answer in time.
+    pub reply_timeouts: u64,
+    /// Sockets lost to an error or to the VMM closing them.
+    pub socket_errors: u64,
+}
+
+/// What the VMM told us about its display (cached per socket).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VmmDisplay {
+    /// `GET_PROTOCOL_FEATURES` answer.
+    pub protocol_features: Option<u64>,
+    /// `GET_DISPLAY_INFO` answer: the VMM's preferred mode per scanout.
+    pub modes: Option<Vec<DisplayMode>>,
+    /// `GET_EDID` answers, per scanout.
+    pub edid: Vec<Option<Vec<u8>>>,
+}
+
+struct Link {
+    generation: u64,
+    fd: AsyncFd,
+    outbox: Outbox,
+    waiters: Waiters<Vec<u8>>,
+    writer: Option<Waker>,
+}
+
+impl Link {
+    fn wake_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Ends the link: pending requests fail, the socket is shut down so
+    /// the reader's pending read completes, the writer wakes and leaves.
+    fn close(mut self) {
+        self.waiters.clear();
+        self.outbox.clear();
+        // SAFETY: shutdown(2) takes no memory; the fd is open (owned by
+        // `self.fd`).
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        self.wake_writer();
+    }
+}
+
+struct State {
+    generation: u64,
+    link: Option<Link>,
+    /// Current mode per scanout, replayed to a newly attached socket.
+    modes: Vec<Option<ScanoutMode>>,
+    vmm: VmmDisplay,
+    stats: DisplayStats,
+}
+
+impl State {
+    fn link(&mut self, generation: u64) -> Option<&mut Link> {
+        self.link.as_mut().filter(|l| l.generation == generation)
+    }
+
+    fn count(&mut self, m: Merged) {
+        self.stats.replaced += m.replaced;
+        self.stats.dropped += m.dropped;
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+/// The display sink that speaks the QEMU GPU socket protocol.
+pub struct GpuSocketDisplay {
+    shard: reactor::ShardHandle,
+    state: Shared,
+    num_scanouts: u32,
+    reply_timeout: Duration,
+}
+
+impl GpuSocketDisplay {
+    /// A sink with no socket yet; its tasks will run on `shard`. Requests
+    /// to the VMM give up after `reply_timeout`.
+    pub fn new(shard: reactor::ShardHandle, num_scanouts: u32, reply_timeout: Duration) -> Self {
+        let num_scanouts = num_scanouts.max(1);
+        GpuSocketDisplay {
+            shard,
+            state: Arc::new(Mutex::new(State {
+                generation: 0,
+                link: None,
+                modes: vec![None; num_scanouts as usize],
+                vmm: VmmDisplay::default(),
+                stats: DisplayStats::default(),
+            })),
+            num_scanouts,
+            reply_timeout,
+        }
+    }
+
+    /// Starts talking on `fd` (replacing any previous socket): current
+    /// scanout modes are announced again, then the VMM is asked for its
+    /// protocol features, display info and EDIDs.
+    pub fn attach(&self, fd: OwnedFd) {
+        let fd = AsyncFd::new(fd);
+        let generation = {
+            let mut st = link::lock(&self.state);
+            if let Some(old) = st.link.take() {
+                old.close();
+            }
+            st.generation += 1;
+            st.vmm = VmmDisplay::default();
+            let mut outbox = Outbox::new(self.num_scanouts);
+            for (i, m) in st.modes.iter().enumerate() {
+                if let Some(m) = m {
+                    outbox.push_scanout(i as u32, m.width, m.height);
+                }
+            }
+            st.link = Some(Link {
+                generation: st.generation,
+                fd: fd.clone(),
+                outbox,
+                waiters: Waiters::default(),
+                writer: None,
+            });
+            st.generation
+        };
+        let state = self.state.clone();
+        let (timeout, scanouts) = (self.reply_timeout, self.num_scanouts);
+        let started = self.shard.run(move || {
+            reactor::spawn_local_named(
+                "gpu-socket-reader",
+                reader(state.clone(), generation, fd.clone()),
+            );
+            reactor::spawn_local_named(
+                "gpu-socket-handshake",
+                handshake(state.clone(), generation, timeout, scanouts),
+            );
+            reactor::spawn_local_named("gpu-socket-writer", writer(state, generation, fd));
+        });
+        if !started {
+            tracing::error!("display shard is gone; the GPU socket is not served");
+            self.detach();
+        }
+    }
+
+    /// Drops the socket (session over). Later sink calls are dropped until
+    /// the next [`attach`](Self::attach).
+    pub fn detach(&self) {
+        let mut st = link::lock(&self.state);
+        st.generation += 1;
+        if let Some(old) = st.link.take() {
+            old.close();
+        }
+    }
+
+    pub fn is_attached(&self) -> bool {
+        link::lock(&self.state).link.is_some()
+    }
+
+    /// What the VMM answered on the current socket so far.
+    pub fn vmm_display(&self) -> VmmDisplay {
+        link::lock(&self.state).vmm.clone()
+    }
+
+    pub fn stats(&self) -> DisplayStats {
+        link::lock(&self.state).stats
+    }
+}
+
+impl DisplaySink for GpuSocketDisplay {
+    fn scanout(&self, scanout: u32, mode: Option<ScanoutMode>) {
+        let mut st = link::lock(&self.state);
+        let Some(slot) = st.modes.get_mut(scanout as usize) else {
+            return;
+        };
+        *slot = mode;
+        let (w, h) = mode.map_or((0, 0), |m| (m.width, m.height));
+        let merged = match st.link.as_mut() {
+            Some(l) => {
+                let m = l.outbox.push_scanout(scanout, w, h);
+                l.wake_writer();
+                m
+            }
+            None => return,
+        };
+        st.count(merged);
+    }
+
+    fn update(&self, scanout: u32, rect: Rect, pixels: Vec<u8>) {
+        let mut st = link::lock(&self.state);
+        let mode = st.modes.get(scanout as usize).copied().flatten();
+        let expected = rect.width as usize * rect.height as usize * 4;
+        let fits = mode.is_some_and(|m| rect.fits_within(m.width, m.height));
+        if !fits || pixels.len() != expected || rect.is_empty() {
+            // QEMU paints an UPDATE into the surface its SCANOUT created;
+            // one without a fitting mode would write outside it.
+            st.stats.dropped += 1;
+            return;
+        }
+        let merged = match st.link.as_mut() {
+            Some(l) => {
+                let m = l.outbox.push_update(scanout, rect, pixels);
+                l.wake_writer();
+                m
+            }
+            None => {
+                st.stats.dropped += 1;
+                return;
+            }
+        };
+        st.count(merged);
+    }
+
+    fn cursor(&self, event: CursorEvent) {
+        let mut st = link::lock(&self.state);
+        let merged = match st.link.as_mut() {
+            Some(l) => {
+                let m = l.outbox.push_cursor(event);
+                l.wake_writer();
+                m
+            }
+            None => return,
+        };
+        st.count(merged);
+    }
+}
+
+/// Ends link `generation` after an I/O failure (once: later calls for an
+/// older generation do nothing). `None`: the VMM closed the socket, which
+/// is routine (QEMU does it whenever the guest driver stops).
+fn fail(state: &Shared, generation: u64, error: Option<&str>) {
+    let mut st = link::lock(state);
+    if st.link(generation).is_none() {
+        return;
+    }
+    match error {
+        Some(why) => tracing::warn!(
+            "GPU socket: {why}; display output is dropped until the VMM sends a new socket"
+        ),
+        None => tracing::info!("the VMM closed the GPU socket; display output stops"),
+    }
+    st.stats.socket_errors += 1;
+    if let Some(l) = st.link.take() {
+        l.close();
+    }
+}
+
+enum Next {
+    Send(Outgoing),
+    Stop,
+}
+
+/// Sends queued messages until the link ends.
+async fn writer(state: Shared, generation: u64, fd: AsyncFd) {
+    loop {
+        let next = link::next_item(state.clone(), move |st: &mut State, waker: &Waker| {
+            let Some(l) = st.link(generation) else {
+                return Some(Next::Stop);
+            };
+            match l.outbox.pop() {
+                Some(m) => Some(Next::Send(m)),
+                None => {
+                    l.writer = Some(waker.clone());
+                    None
+                }
+            }
+        })
+        .await;
+        let Next::Send(msg) = next else {
+            return;
+        };
+        let Some((head, bulk)) = encode(msg) else {
+            continue;
+        };
+        let (res, _) = fd.write_all(head).await;
+        let res = match (res, bulk) {
+            (Ok(()), Some(bulk)) => fd.write_all(bulk).await.0,
+            (res, _) => res,
+        };
+        if let Err(e) = res {
+            fail(&state, generation, Some(&format!("write failed: {e}")));
+            return;
+        }
+        link::lock(&state).stats.sent += 1;
+    }
+}
+
+/// Takes the VMM's replies until the link ends.
+async fn reader(state: Shared, generation: u64, fd: AsyncFd) {
+    loop {
+        match link::read_message(&fd, MAX_REPLY).await {
+            Ok(Some((h, payload))) => {
+                let mut st = link::lock(&state);
+                let Some(l) = st.link(generation) else {
+                    return;
+                };
+                if h.flags & FLAG_REPLY == 0 {
+                    tracing::debug!(
+                        request = h.request,
+                        "VMM sent a request on the GPU socket; ignored"
+                    );
+                } else if !l.waiters.complete(h.request, payload) {
+                    tracing::debug!(
+                        request = h.request,
+                        "unsolicited reply on the GPU socket; ignored"
+                    );
+                }
+            }
+            Ok(None) => return fail(&state, generation, None),
+            Err(e) => return fail(&state, generation, Some(&format!("read failed: {e}"))),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RequestError {
+    /// No reply within the timeout.
+    Timeout,
+    /// The link ended first.
+    Gone,
+}
+
+/// Sends a request and waits (at most `timeout`) for its reply.
+async fn request(
+    state: &Shared,
+    generation: u64,
+    code: GpuBackendReq,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, RequestError> {
+    let mut rx = {
+        let mut st = link::lock(state);
+        let l = st.link(generation).ok_or(RequestError::Gone)?;
+        let rx = l.waiters.push(code as u32);
+        l.outbox.push_request(code as u32, payload);
+        l.wake_writer();
+        rx
+    };
+    match reactor::time::timeout(timeout, rx.recv()).await {
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) => Err(RequestError::Gone),
+        Err(_) => {
+            let mut st = link::lock(state);
+            if st.link(generation).is_some() {
+                st.stats.reply_timeouts += 1;
+            }
+            tracing::warn!(
+                "VMM did not answer {code:?} on the GPU socket within {timeout:?}; going on without it"
+            );
+            Err(RequestError::Timeout)
+        }
+    }
+}
+
+/// Sends a notification (no reply expected).
+fn notify(state: &Shared, generation: u64, code: GpuBackendReq, payload: Vec<u8>) {
+    let mut st = link::lock(state);
+    if let Some(l) = st.link(generation) {
+        l.outbox.push_request(code as u32, payload);
+        l.wake_writer();
+    }
+}
+
+/// Learns what the VMM supports and prefers; every answer is optional.
+async fn handshake(state: Shared, generation: u64, timeout: Duration, scanouts: u32) {
+    let features = match request(
+        &state,
+        generation,
+        GpuBackendReq::GET_PROTOCOL_FEATURES,
+        Vec::new(),
+        timeout,
+    )
+    .await
+    {
+        Ok(p) => frame::parse::<u64>(&p).unwrap_or(0),
+        Err(RequestError::Timeout) => 0,
+        Err(RequestError::Gone) => return,
+    };
+    let accepted = features & GPU_PROTOCOL_F_EDID;
+    link::lock(&state).vmm.protocol_features = Some(features);
+    notify(
+        &state,
+        generation,
+        GpuBackendReq::SET_PROTOCOL_FEATURES,
+        accepted.to_ne_bytes().to_vec(),
+    );
+
+    match request(
+        &state,
+        generation,
+        GpuBackendReq::GET_DISPLAY_INFO,
+        Vec::new(),
+        timeout,
+    )
+    .await
+    {
+        Ok(p) => match parse_display_info(&p) {
+            Some(modes) => {
+                tracing::info!(?modes, "VMM display info");
+                link::lock(&state).vmm.modes = Some(modes);
+            }
+            None => tracing::warn!(len = p.len(), "malformed GET_DISPLAY_INFO reply; ignored"),
+        },
+        Err(RequestError::Timeout) => {}
+        Err(RequestError::Gone) => return,
+    }
+
+    if accepted & GPU_PROTOCOL_F_EDID == 0 {
+        return;
+    }
+    for s in 0..scanouts {
+        let req = VhostUserGpuEdidRequest { scanout_id: s };
+        match request(
+            &state,
+            generation,
+            GpuBackendReq::GET_EDID,
+            req.as_slice().to_vec(),
+            timeout,
+        )
+        .await
+        {
+            Ok(p) => {
+                let edid = parse_edid(&p);
+                let mut st = link::lock(&state);
+                let slot = s as usize;
+                if st.vmm.edid.len() <= slot {
+                    st.vmm.edid.resize(slot + 1, None);
+                }
+                st.vmm.edid[slot] = edid;
+            }
+            Err(RequestError::Timeout) => {}
+            Err(RequestError::Gone) => return,
+        }
+    }
+}
+
+fn parse_display_info(payload: &[u8]) -> Option<Vec<DisplayMode>> {
+    let info = frame::parse::<VirtioGpuRespDisplayInfo>(payload)?;
+    Some(
+        info.pmodes
+            .iter()
+            .map(|m| DisplayMode {
+                rect: Rect::new(m.r.x, m.r.y, m.r.width, m.r.height),
+                enabled: m.enabled != 0,
+                flags: m.flags,
+            })
+            .collect(),
+    )
+}
+
+fn parse_edid(payload: &[u8]) -> Option<Vec<u8>> {
+    let resp = frame::parse::<VirtioGpuRespGetEdid>(payload)?;
+    let n = (resp.size as usize).min(resp.edid.len());
+    Some(resp.edid[..n].to_vec())
+}
+
+fn with_header(code: GpuBackendReq, body: &[u8], extra: usize) -> Option<Vec<u8>> {
+    let size = body.len().checked_add(extra)?;
+    u32::try_from(size).ok()?;
+    let mut out = Vec::with_capacity(frame::HEADER_SIZE + body.len());
+    let h = Header {
+        request: code as u32,
+        flags: 0,
+        size: size as u32,
+    };
+    out.extend_from_slice(&h.to_bytes());
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+/// The bytes of one message: the header and fixed part, and the pixels of
+/// an `UPDATE` as a second buffer (sent as is, never copied).
+fn encode(msg: Outgoing) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    match msg {
+        Outgoing::Request { code, payload } => {
+            let code = GpuBackendReq::try_from(code).ok()?;
+            Some((with_header(code, &payload, 0)?, None))
+        }
+        Outgoing::Scanout {
+            scanout,
+            width,
+            height,
+        } => {
+            let body = VhostUserGpuScanout {
+                scanout_id: scanout,
+                width,
+                height,
+            };
+            Some((
+                with_header(GpuBackendReq::SCANOUT, body.as_slice(), 0)?,
+                None,
+            ))
+        }
+        Outgoing::Update {
+            scanout,
+            rect,
+            pixels,
+        } => {
+            let body = VhostUserGpuUpdate {
+                scanout_id: scanout,
+                x: rect.x,
+                y: rect.y,
+                width: rect.width,
+                height: rect.height,
+            };
+            let head = with_header(GpuBackendReq::UPDATE, body.as_slice(), pixels.len())?;
+            Some((head, Some(pixels)))
+        }
+        Outgoing::Cursor(CursorEvent::Move { scanout, x, y }) => {
+            let pos = cursor_pos(scanout, x, y);
+            Some((
+                with_header(GpuBackendReq::CURSOR_POS, pos.as_slice(), 0)?,
+                None,
+            ))
+        }
+        Outgoing::Cursor(CursorEvent::Update {
+            scanout,
+            x,
+            y,
+            hot_x,
+            hot_y,
+            image,
+        }) => {
+            let pos = cursor_pos(scanout, x, y);
+            let Some(mut image) = image else {
+                return Some((
+                    with_header(GpuBackendReq::CURSOR_POS_HIDE, pos.as_slice(), 0)?,
+                    None,
+                ));
+            };
+            image.resize(CURSOR_BYTES, 0);
+            let body = VhostUserGpuCursorUpdate { pos, hot_x, hot_y };
+            let mut head =
+                with_header(GpuBackendReq::CURSOR_UPDATE, body.as_slice(), CURSOR_BYTES)?;
+            head.extend_from_slice(&image);
+            Some((head, None))
+        }
+    }
+}
+
+fn cursor_pos(scanout: u32, x: i32, y: i32) -> VhostUserGpuCursorPos {
+    // The wire fields are u32; QEMU reads them back as signed positions.
+    VhostUserGpuCursorPos {
+        scanout_id: scanout,
+        x: x as u32,
+        y: y as u32,
+    }
+}
+
+// The layouts QEMU reads (vhost-user-gpu.rst).
+const _: () = assert!(mem::size_of::<VhostUserGpuUpdate>() == 20);
+const _: () = assert!(mem::size_of::<VirtioGpuRespDisplayInfo>() == 408);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_is_encoded_as_header_struct_then_pixels() {
+        let (head, bulk) = encode(Outgoing::Update {
+            scanout: 1,
+            rect: Rect::new(2, 3, 1, 1),
+            pixels: vec![9, 8, 7, 6],
+        })
+        .unwrap();
+        assert_eq!(head.len(), 12 + 20);
+        let h = Header::from_bytes(head[..12].try_into().unwrap());
+        assert_eq!((h.request, h.flags, h.size), (8, 0, 24));
+        assert_eq!(&head[12..16], &1u32.to_ne_bytes());
+        assert_eq!(bulk.unwrap(), vec![9, 8, 7, 6]);
+    }
+
+    #[test]
+    fn cursor_image_is_padded_to_64x64() {
+        let (head, bulk) = encode(Outgoing::Cursor(CursorEvent::Update {
+            scanout: 0,
+            x: 5,
+            y: 6,
+            hot_x: 1,
+            hot_y: 2,
+            image: Some(vec![1; 16]),
+        }))
+        .unwrap();
+        assert!(bulk.is_none());
+        assert_eq!(head.len(), 12 + 20 + CURSOR_BYTES);
+        let h = Header::from_bytes(head[..12].try_into().unwrap());
+        assert_eq!((h.request, h.size as usize), (6, 20 + CURSOR_BYTES));
+    }
+}

@@ -1,0 +1,313 @@
+//! The run loop: one thread plays the guest's CPU for every desktop (they
+//! share one virtio-gpu driver, as containers share one VM's kernel). It
+//! submits what is due, kicks, sleeps until the next frame or a call
+//! eventfd, and hands completions to their desktops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpu::device::DeviceConfig;
+
+use crate::desktop::{pick_capset, Desktop, Shared};
+use crate::direct::{DirectBackend, DirectOptions};
+use crate::display::CheckingDisplay;
+use crate::driver::{GpuDriver, GpuDriverError, Queue};
+use crate::report::{self, DesktopReport, Isolation, Report};
+use crate::scenario::{Plan, Scenario};
+
+/// Where the backend runs.
+pub enum Backend {
+    /// gpu-reactor's device in this process, driven directly.
+    Direct {
+        backend: DirectBackend,
+        display: Arc<CheckingDisplay>,
+    },
+}
+
+impl Backend {
+    /// Starts the in-process backend for `plan`.
+    pub fn direct(
+        plan: &Plan,
+        shards: usize,
+        pin: bool,
+        spin: Option<Duration>,
+    ) -> Result<(Backend, GpuDriver), GpuDriverError> {
+        let display = Arc::new(CheckingDisplay::default());
+        let frame = u64::from(plan.width) * u64::from(plan.height) * 4;
+        let opts = DirectOptions {
+            shards,
+            config: DeviceConfig {
+                num_scanouts: plan.scanouts.clamp(1, 16),
+                width: plan.width,
+                height: plan.height,
+                ..DeviceConfig::default()
+            },
+            blob_delay: plan.scenario.vmm_map_delay(),
+            blob_region: (plan.desktops as u64 + 1) << 20,
+            guest_ram: (frame * plan.desktops as u64 + (64 << 20)).next_power_of_two(),
+            sink: Some(display.clone()),
+            pin,
+            spin,
+            ..DirectOptions::default()
+        };
+        let (backend, driver) = DirectBackend::start(opts)?;
+        Ok((Backend::Direct { backend, display }, driver))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Backend::Direct { backend, .. } => {
+                format!("gpu-reactor/{}", backend.device.renderer_info().name)
+            }
+        }
+    }
+
+    fn capsets(&self) -> Vec<u32> {
+        match self {
+            Backend::Direct { backend, .. } => backend
+                .device
+                .renderer_info()
+                .capsets
+                .iter()
+                .map(|c| c.id)
+                .collect(),
+        }
+    }
+
+    fn reset(&self, driver: GpuDriver) -> Result<GpuDriver, GpuDriverError> {
+        match self {
+            Backend::Direct { backend, .. } => backend.reset(driver),
+        }
+    }
+
+    fn display(&self) -> (u64, u64) {
+        match self {
+            Backend::Direct { display, .. } => {
+                display.finish();
+                let s = display.stats();
+                (s.frames_delivered, s.pixels_bad)
+            }
+        }
+    }
+}
+
+/// Progress callback: fraction done.
+pub type Progress<'a> = &'a mut dyn FnMut(f64);
+
+/// Runs `plan` against `backend`; returns the report.
+pub fn run(
+    plan: &Plan,
+    backend: &Backend,
+    mut driver: GpuDriver,
+    progress: Progress<'_>,
+) -> Report {
+    let start = Instant::now();
+    let end = start + plan.duration;
+    let stress_at = start + plan.duration / 2;
+    // Set-up and first frames are not what a desktop feels all day.
+    let warm_until = start + (plan.duration / 10).min(Duration::from_secs(1));
+    let reset_at = start + plan.duration * 3 / 4;
+    let mut desktops: Vec<Desktop> = (0..plan.desktops)
+        .map(|i| Desktop::new(i, plan, start))
+        .collect();
+    let capset = pick_capset(&backend.capsets());
+    let mut next_fence = 0u64;
+    let mut pattern = Vec::new();
+    let mut fatal: Option<String> = None;
+    let mut reset_done = false;
+    let mut turn = 0usize;
+    let grace = Duration::from_secs(1) + Duration::from_micros(u64::from(plan.gpu_cost_us) * 4);
+    let mut drain_until: Option<Instant> = None;
+
+    loop {
+        let now = Instant::now();
+        let draining = now >= end;
+        if draining && drain_until.is_none() {
+            drain_until = Some(now + grace);
+        }
+        if let Some(d) = drain_until {
+            // Wait for every fence that can still complete.
+            let waiting = desktops
+                .iter()
+                .filter(|x| !x.is_hung())
+                .any(|x| x.pending_fences() > 0);
+            if !waiting || now >= d {
+                break;
+            }
+        }
+        if plan.scenario == Scenario::Reset && !reset_done && now >= reset_at {
+            reset_done = true;
+            match backend.reset(driver) {
+                Ok(d) => driver = d,
+                Err(e) => {
+                    fatal = Some(format!("reset failed: {e}"));
+                    break;
+                }
+            }
+            for d in &mut desktops {
+                d.on_reset(now);
+            }
+        }
+        let stressing = plan.scenario != Scenario::None && now >= stress_at;
+        {
+            let mut sh = Shared {
+                driver: &mut driver,
+                plan,
+                next_fence: &mut next_fence,
+                stressing,
+                draining,
+                warming: now < warm_until,
+                capset,
+                pattern: &mut pattern,
+            };
+            // Rotate who goes first so a full queue is shared fairly.
+            let n = desktops.len();
+            for k in 0..n {
+                let d = &mut desktops[(turn + k) % n];
+                if let Err(e) = d.poll(now, &mut sh) {
+                    fatal = Some(format!("desktop {}: {e}", d.id));
+                    break;
+                }
+            }
+            turn = turn.wrapping_add(1);
+        }
+        if fatal.is_some() {
+            break;
+        }
+        for q in [Queue::Control, Queue::Cursor] {
+            if let Err(e) = driver.kick(q) {
+                fatal = Some(format!("kick: {e}"));
+            }
+        }
+        // Sleep until the next frame is due or the device calls.
+        let next = desktops
+            .iter()
+            .filter_map(Desktop::next_deadline)
+            .min()
+            .unwrap_or(now + Duration::from_millis(5))
+            .min(end.max(now))
+            .min(now + Duration::from_millis(50));
+        let wait = next.saturating_duration_since(Instant::now());
+        if let Err(e) = driver.wait_call(wait) {
+            fatal = Some(format!("wait: {e}"));
+            break;
+        }
+        if let Err(e) = driver.reap() {
+            fatal = Some(format!("backend: {e}"));
+            break;
+        }
+        let now = Instant::now();
+        let mut sh = Shared {
+            driver: &mut driver,
+            plan,
+            next_fence: &mut next_fence,
+            stressing,
+            draining,
+            warming: now < warm_until,
+            capset,
+            pattern: &mut pattern,
+        };
+        for c in sh.driver.take_completions() {
+            let Some(d) = desktops.get_mut(Desktop::of_tag(c.tag)) else {
+                continue;
+            };
+            if let Err(e) = d.complete(&c, now, &mut sh) {
+                fatal = Some(format!("desktop {}: {e}", d.id));
+            }
+        }
+        progress((now - start).as_secs_f64() / plan.duration.as_secs_f64());
+    }
+    build_report(plan, backend, &desktops, start, fatal)
+}
+
+fn build_report(
+    plan: &Plan,
+    backend: &Backend,
+    desktops: &[Desktop],
+    start: Instant,
+    fatal: Option<String>,
+) -> Report {
+    let now = Instant::now();
+    let elapsed = plan.duration.as_secs_f64();
+    let mut latency = report::histogram();
+    let mut overhead = report::histogram();
+    let mut before = report::histogram();
+    let mut during = report::histogram();
+    let (mut commands, mut frames, mut fences, mut errors) = (0, 0, 0, 0);
+    let (mut lost, mut stressed_pending, mut stalls) = (0u64, 0u64, 0u64);
+    let mut max_stall = Duration::ZERO;
+    let mut per_desktop = Vec::new();
+    let mut error_samples: Vec<String> = fatal.into_iter().collect();
+    if !error_samples.is_empty() {
+        errors += 1;
+    }
+    for d in desktops {
+        let s = &d.stats;
+        let stressed = d.is_stressed(plan);
+        let _ = latency.add(&s.latency);
+        let _ = overhead.add(&s.overhead);
+        if !stressed {
+            let _ = before.add(&s.latency_before);
+            let _ = during.add(&s.latency_during);
+            lost += d.pending_fences() as u64;
+        } else {
+            stressed_pending += d.pending_fences() as u64;
+        }
+        commands += s.commands;
+        frames += s.frames;
+        fences += s.fences;
+        errors += s.errors;
+        error_samples.extend(s.error_samples.iter().cloned());
+        let stall = s.max_stall.max(d.current_wait(now));
+        if !stressed {
+            max_stall = max_stall.max(stall);
+            stalls += s.stalls_over_50ms;
+        }
+        per_desktop.push(DesktopReport {
+            desktop: d.id,
+            stressed,
+            fences: s.fences,
+            frames: s.frames,
+            max_stall_ms: stall.as_secs_f64() * 1e3,
+            stalls_over_50ms: s.stalls_over_50ms,
+            fence_latency_us: report::percentiles(&s.latency),
+        });
+    }
+    error_samples.truncate(20);
+    let isolation = plan.scenario.stresses().then(|| {
+        let b = report::percentiles(&before).p99;
+        let d = report::percentiles(&during).p99;
+        Isolation {
+            others_p99_us_before: b,
+            others_p99_us_during: d,
+            ratio: if b == 0 { 0.0 } else { d as f64 / b as f64 },
+        }
+    });
+    let (frames_delivered, pixels_bad) = backend.display();
+    let _ = start;
+    Report {
+        backend: backend.name(),
+        desktops: plan.desktops,
+        profile: plan.profile.to_string(),
+        fence_mode: plan.effective_fence_mode().to_string(),
+        scenario: plan.scenario.to_string(),
+        duration_s: elapsed,
+        commands,
+        commands_per_s: commands as f64 / elapsed,
+        frames,
+        frames_per_s: frames as f64 / elapsed,
+        fences,
+        fences_lost: lost,
+        stressed_fences_pending: stressed_pending,
+        errors,
+        fence_latency_us: report::percentiles(&latency),
+        fence_overhead_us: report::percentiles(&overhead),
+        max_stall_ms: max_stall.as_secs_f64() * 1e3,
+        stalls_over_50ms: stalls,
+        frames_delivered,
+        pixels_bad,
+        isolation,
+        per_desktop,
+        error_samples,
+    }
+}

@@ -1,0 +1,195 @@
+//! What a run does: the desktop profile, the fence mode, and the scenario
+//! from the deadlock analysis that stresses desktop 0.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How the desktops use the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Contexts, fenced SUBMIT_3D, fenced flush, cursor, blob lifecycles.
+    ThreeD,
+    /// Dumb buffers: TRANSFER_TO_HOST_2D + SET_SCANOUT + fenced flush (every
+    /// backend supports it; always on the global fence timeline).
+    TwoD,
+}
+
+/// Which fence timelines the guest uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceMode {
+    /// `VIRTIO_GPU_FLAG_INFO_RING_IDX`: one timeline per desktop context.
+    Ring,
+    /// One global timeline for every fence.
+    Global,
+}
+
+/// The stress desktop 0 applies during the second half of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    None,
+    /// Desktop 0 maps and unmaps blobs in a loop; the VMM is slow (20 ms).
+    UnmapStorm,
+    /// Desktop 0's GPU work never completes.
+    StalledContext,
+    /// The VMM answers SHMEM_MAP after 100 ms while desktop 0 maps blobs.
+    SlowMap,
+    /// Desktop 0 floods the control queue.
+    QueueFull,
+    /// The device is reset mid-run; everyone re-initialises and resumes.
+    Reset,
+    /// Desktop 0's submits each cost 50 ms of GPU time.
+    HeavyContext,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 7] = [
+        Scenario::None,
+        Scenario::UnmapStorm,
+        Scenario::StalledContext,
+        Scenario::SlowMap,
+        Scenario::QueueFull,
+        Scenario::Reset,
+        Scenario::HeavyContext,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::None => "none",
+            Scenario::UnmapStorm => "unmap-storm",
+            Scenario::StalledContext => "stalled-context",
+            Scenario::SlowMap => "slow-map",
+            Scenario::QueueFull => "queue-full",
+            Scenario::Reset => "reset",
+            Scenario::HeavyContext => "heavy-context",
+        }
+    }
+
+    /// How slowly the VMM answers blob map/unmap requests.
+    pub fn vmm_map_delay(self) -> Duration {
+        match self {
+            Scenario::UnmapStorm => Duration::from_millis(20),
+            Scenario::SlowMap => Duration::from_millis(100),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// True when desktop 0 is stressed (and the others measured before and
+    /// during).
+    pub fn stresses(self) -> bool {
+        !matches!(self, Scenario::None | Scenario::Reset)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scenario::ALL.iter().map(|x| x.name()).collect();
+                format!("unknown scenario '{s}' (one of: {})", names.join(", "))
+            })
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "3d" => Ok(Profile::ThreeD),
+            "2d" => Ok(Profile::TwoD),
+            _ => Err(format!("unknown profile '{s}' (3d or 2d)")),
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Profile::ThreeD => "3d",
+            Profile::TwoD => "2d",
+        })
+    }
+}
+
+impl FromStr for FenceMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ring" => Ok(FenceMode::Ring),
+            "global" => Ok(FenceMode::Global),
+            _ => Err(format!("unknown fence mode '{s}' (ring or global)")),
+        }
+    }
+}
+
+impl fmt::Display for FenceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FenceMode::Ring => "ring",
+            FenceMode::Global => "global",
+        })
+    }
+}
+
+/// Everything that defines a run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub desktops: usize,
+    pub duration: Duration,
+    pub profile: Profile,
+    pub fence_mode: FenceMode,
+    pub scenario: Scenario,
+    /// Frames per second per desktop; 0 = as fast as fences allow.
+    pub fps: u32,
+    /// Modelled GPU time per submit (sim renderer).
+    pub gpu_cost_us: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Flush the whole frame (else a 256x256 tile moving over the screen).
+    pub full_damage: bool,
+    /// A blob lifecycle every this many frames (3d profile).
+    pub blob_every: u64,
+    /// Scanouts the backend offers (desktop i shows on scanout i).
+    pub scanouts: u32,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            desktops: 16,
+            duration: Duration::from_secs(10),
+            profile: Profile::ThreeD,
+            fence_mode: FenceMode::Ring,
+            scenario: Scenario::None,
+            fps: 60,
+            gpu_cost_us: 2000,
+            width: 1280,
+            height: 800,
+            full_damage: false,
+            blob_every: 60,
+            scanouts: 16,
+        }
+    }
+}
+
+impl Plan {
+    /// The fence mode actually used (2d has no contexts: global).
+    pub fn effective_fence_mode(&self) -> FenceMode {
+        match self.profile {
+            Profile::TwoD => FenceMode::Global,
+            Profile::ThreeD => self.fence_mode,
+        }
+    }
+}

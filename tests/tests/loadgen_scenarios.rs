@@ -1,0 +1,87 @@
+//! Every loadgen scenario against the in-process backend: nothing lost,
+//! nothing wrong, the stress really applied. (Latency numbers are for
+//! benchmarks, not asserted here.)
+
+use std::time::Duration;
+
+use loadgen::report::Report;
+use loadgen::run::{self, Backend};
+use loadgen::scenario::{FenceMode, Plan, Profile, Scenario};
+
+fn run(plan: Plan) -> Report {
+    let (backend, driver) = Backend::direct(&plan, 2, false, None).unwrap();
+    run::run(&plan, &backend, driver, &mut |_| {})
+}
+
+fn plan(scenario: Scenario) -> Plan {
+    Plan {
+        desktops: 4,
+        duration: Duration::from_millis(1200),
+        scenario,
+        gpu_cost_us: 500,
+        ..Plan::default()
+    }
+}
+
+fn assert_clean(r: &Report) {
+    assert_eq!(r.errors, 0, "{:?}", r.error_samples);
+    assert_eq!(r.fences_lost, 0);
+    assert_eq!(r.pixels_bad, 0);
+    assert!(r.frames > 0 && r.frames_delivered > 0, "{}", r.summary());
+    for d in r.per_desktop.iter().filter(|d| !d.stressed) {
+        assert!(d.frames > 0, "desktop {} made no frames", d.desktop);
+    }
+}
+
+#[test]
+fn plain_run_loses_nothing_and_delivers_correct_pixels() {
+    let r = run(plan(Scenario::None));
+    assert_clean(&r);
+    assert!(r.isolation.is_none());
+    assert_eq!(
+        r.frames_delivered, r.frames,
+        "every flushed frame reached the display"
+    );
+}
+
+#[test]
+fn stalled_context_leaves_only_the_stressed_desktops_fences_pending() {
+    let r = run(plan(Scenario::StalledContext));
+    assert_clean(&r);
+    assert!(r.stressed_fences_pending > 0, "desktop 0 was not stalled");
+    assert!(r.isolation.is_some());
+}
+
+#[test]
+fn heavy_unmap_storm_slow_map_and_queue_full_lose_nothing() {
+    for s in [
+        Scenario::HeavyContext,
+        Scenario::UnmapStorm,
+        Scenario::SlowMap,
+        Scenario::QueueFull,
+    ] {
+        let r = run(plan(s));
+        assert_clean(&r);
+        assert_eq!(r.stressed_fences_pending, 0, "{s}");
+    }
+}
+
+#[test]
+fn reset_mid_run_and_everyone_resumes() {
+    let r = run(plan(Scenario::Reset));
+    assert_clean(&r);
+}
+
+#[test]
+fn two_d_profile_on_the_global_timeline() {
+    let r = run(Plan {
+        profile: Profile::TwoD,
+        fence_mode: FenceMode::Ring,
+        full_damage: true,
+        width: 320,
+        height: 200,
+        ..plan(Scenario::None)
+    });
+    assert_clean(&r);
+    assert_eq!(r.fence_mode, "global");
+}

@@ -44,13 +44,21 @@ struct Args {
     /// Flush whole frames instead of a moving 256x256 tile (default for 2d).
     #[arg(long)]
     full_damage: Option<bool>,
+    /// Drive any vhost-user GPU backend listening at PATH instead of the
+    /// embedded gpu-reactor (ours, vhost-device-gpu, QEMU's vhost-user-gpu).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
+    /// Drive the embedded device directly, without vhost-user (measures the
+    /// device alone).
+    #[arg(long, conflicts_with = "socket")]
+    direct: bool,
     /// Shards of the embedded backend (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
-    /// Pin backend shard i to CPU i and this driver thread to the last CPU.
+    /// With --direct: pin backend shard i to CPU i and this driver thread to the last CPU.
     #[arg(long)]
     pin: bool,
-    /// Idle backend shards spin this long before sleeping (µs; 0 = never).
+    /// With --direct: idle backend shards spin this long before sleeping (µs; 0 = never).
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
     /// Write the JSON report to PATH, or `-` for stdout.
@@ -98,12 +106,20 @@ fn main() -> ExitCode {
     if args.pin {
         pin_to_last_cpu();
     }
-    let (backend, driver) = match Backend::direct(
-        &plan,
-        shards,
-        args.pin,
-        (args.spin_us > 0).then(|| Duration::from_micros(args.spin_us)),
-    ) {
+    let started = if let Some(path) = &args.socket {
+        Backend::socket(&plan, path)
+    } else if args.direct {
+        Backend::direct(
+            &plan,
+            shards,
+            args.pin,
+            (args.spin_us > 0).then(|| Duration::from_micros(args.spin_us)),
+        )
+        .map_err(run::StartError::Driver)
+    } else {
+        Backend::embedded(&plan, shards)
+    };
+    let (backend, driver) = match started {
         Ok(x) => x,
         Err(e) => {
             eprintln!("loadgen: cannot start the backend: {e}");
@@ -125,6 +141,9 @@ fn main() -> ExitCode {
         }
     };
     let report = run::run(&plan, &backend, driver, &mut progress);
+    if let Err(e) = backend.finish() {
+        eprintln!("loadgen: closing the session: {e}");
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -3,29 +3,101 @@
 //! submits what is due, kicks, sleeps until the next frame or a call
 //! eventfd, and hands completions to their desktops.
 
+use std::cell::RefCell;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpu::device::DeviceConfig;
+use gpu::protocol::{GetCapsetInfo, GpuCommand, Request, Response};
 
 use crate::desktop::{pick_capset, Desktop, Shared};
 use crate::direct::{DirectBackend, DirectOptions};
 use crate::display::CheckingDisplay;
 use crate::driver::{GpuDriver, GpuDriverError, Queue};
+use crate::frontend::vhost::{PixelCheck, UpdateView, VhostError, VhostFrontend, VhostOptions};
+use crate::frontend::GuestRam;
+use crate::pixels;
 use crate::report::{self, DesktopReport, Isolation, Report};
-use crate::scenario::{Plan, Scenario};
+use crate::scenario::{FenceMode, Plan, Profile, Scenario};
 
 /// Where the backend runs.
 pub enum Backend {
-    /// gpu-reactor's device in this process, driven directly.
+    /// gpu-reactor's device in this process, driven directly (no vhost-user).
     Direct {
         backend: DirectBackend,
         display: Arc<CheckingDisplay>,
     },
+    /// Any vhost-user GPU backend, over the real protocol: gpu-reactor
+    /// embedded in this process on a socketpair, or an external one.
+    Vhost {
+        frontend: Box<RefCell<Option<VhostFrontend>>>,
+        name: String,
+        embedded: Option<Embedded>,
+    },
+}
+
+/// gpu-reactor's vhost-user backend running in this process.
+pub struct Embedded {
+    backend: Arc<gpu::vhost::Backend>,
+    session: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What went wrong starting a backend.
+#[derive(Debug)]
+pub enum StartError {
+    Driver(GpuDriverError),
+    Vhost(VhostError),
+    Io(std::io::Error),
+    /// The backend cannot run this plan (say what it lacks).
+    Unsupported(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Driver(e) => write!(f, "{e}"),
+            StartError::Vhost(e) => write!(f, "{e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+            StartError::Unsupported(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn guest_ram_bytes(plan: &Plan) -> u64 {
+    let frame = u64::from(plan.width) * u64::from(plan.height) * 4;
+    (frame * plan.desktops as u64 + (64 << 20)).next_power_of_two()
+}
+
+fn vhost_options(plan: &Plan) -> VhostOptions {
+    use gpu::protocol::wire::*;
+    let mut gpu_features = 1u64 << VIRTIO_GPU_F_EDID;
+    if plan.profile == Profile::ThreeD {
+        gpu_features |= (1 << VIRTIO_GPU_F_VIRGL)
+            | (1 << VIRTIO_GPU_F_CONTEXT_INIT)
+            | (1 << VIRTIO_GPU_F_RESOURCE_BLOB);
+    }
+    let check: PixelCheck = Arc::new(|u: &UpdateView<'_>| {
+        u64::from(pixels::check(u.scanout as usize, u.pixels).is_none())
+    });
+    let mut opts = VhostOptions {
+        gpu_features,
+        ..VhostOptions::default()
+    };
+    opts.display.scanouts = plan.scanouts.clamp(1, 16);
+    opts.display.width = plan.width;
+    opts.display.height = plan.height;
+    opts.display.pixel_check = Some(check);
+    opts.shmem.region_size = (plan.desktops as u64 + 1) << 20;
+    opts.shmem.delay = plan.scenario.vmm_map_delay();
+    opts
 }
 
 impl Backend {
-    /// Starts the in-process backend for `plan`.
+    /// Starts the in-process backend for `plan`, driven directly.
     pub fn direct(
         plan: &Plan,
         shards: usize,
@@ -33,7 +105,6 @@ impl Backend {
         spin: Option<Duration>,
     ) -> Result<(Backend, GpuDriver), GpuDriverError> {
         let display = Arc::new(CheckingDisplay::default());
-        let frame = u64::from(plan.width) * u64::from(plan.height) * 4;
         let opts = DirectOptions {
             shards,
             config: DeviceConfig {
@@ -44,7 +115,7 @@ impl Backend {
             },
             blob_delay: plan.scenario.vmm_map_delay(),
             blob_region: (plan.desktops as u64 + 1) << 20,
-            guest_ram: (frame * plan.desktops as u64 + (64 << 20)).next_power_of_two(),
+            guest_ram: guest_ram_bytes(plan),
             sink: Some(display.clone()),
             pin,
             spin,
@@ -54,32 +125,107 @@ impl Backend {
         Ok((Backend::Direct { backend, display }, driver))
     }
 
+    /// Starts gpu-reactor's vhost-user backend in this process and connects
+    /// to it over a socketpair: the same protocol as with QEMU.
+    pub fn embedded(plan: &Plan, shards: usize) -> Result<(Backend, GpuDriver), StartError> {
+        let backend = Arc::new(
+            gpu::vhost::Backend::start(gpu::vhost::BackendOptions {
+                shards,
+                device: DeviceConfig {
+                    num_scanouts: plan.scanouts.clamp(1, 16),
+                    width: plan.width,
+                    height: plan.height,
+                    ..DeviceConfig::default()
+                },
+                host_visible_region: (plan.desktops as u64 + 1) << 20,
+                ..gpu::vhost::BackendOptions::default()
+            })
+            .map_err(StartError::Io)?,
+        );
+        let (ours, theirs) = UnixStream::pair().map_err(StartError::Io)?;
+        let b = backend.clone();
+        let session = std::thread::Builder::new()
+            .name("vhost-control".into())
+            .spawn(move || {
+                let _ = b.serve_stream(theirs);
+            })
+            .map_err(StartError::Io)?;
+        let ram = GuestRam::new(guest_ram_bytes(plan))
+            .map_err(|e| StartError::Driver(GpuDriverError::Memory(format!("{e:?}"))))?;
+        let (frontend, driver) = VhostFrontend::from_stream(ours, ram, vhost_options(plan))
+            .map_err(StartError::Vhost)?;
+        let name = format!("gpu-reactor/{}", backend.device().renderer_info().name);
+        let b = Backend::Vhost {
+            frontend: Box::new(RefCell::new(Some(frontend))),
+            name,
+            embedded: Some(Embedded {
+                backend,
+                session: Some(session),
+            }),
+        };
+        b.check_plan(plan)?;
+        Ok((b, driver))
+    }
+
+    /// Connects to a vhost-user GPU backend listening at `path`.
+    pub fn socket(plan: &Plan, path: &Path) -> Result<(Backend, GpuDriver), StartError> {
+        let ram = GuestRam::new(guest_ram_bytes(plan))
+            .map_err(|e| StartError::Driver(GpuDriverError::Memory(format!("{e:?}"))))?;
+        let (frontend, driver) =
+            VhostFrontend::connect(path, ram, vhost_options(plan)).map_err(StartError::Vhost)?;
+        let b = Backend::Vhost {
+            frontend: Box::new(RefCell::new(Some(frontend))),
+            name: format!("vhost-user:{}", path.display()),
+            embedded: None,
+        };
+        b.check_plan(plan)?;
+        Ok((b, driver))
+    }
+
+    /// Refuses plans the backend cannot run, saying what it lacks.
+    fn check_plan(&self, plan: &Plan) -> Result<(), StartError> {
+        use gpu::protocol::wire::*;
+        let Backend::Vhost { frontend, .. } = self else {
+            return Ok(());
+        };
+        let acked = frontend
+            .borrow()
+            .as_ref()
+            .map_or(0, |f| f.negotiated().acked);
+        let has = |bit: u32| acked & (1 << bit) != 0;
+        if plan.profile == Profile::ThreeD && !has(VIRTIO_GPU_F_VIRGL) {
+            return Err(StartError::Unsupported(
+                "the backend does not offer VIRTIO_GPU_F_VIRGL (3D): use --profile 2d".into(),
+            ));
+        }
+        if plan.effective_fence_mode() == FenceMode::Ring && !has(VIRTIO_GPU_F_CONTEXT_INIT) {
+            return Err(StartError::Unsupported(
+                "the backend does not offer VIRTIO_GPU_F_CONTEXT_INIT (ring fences): use --fence-mode global".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn name(&self) -> String {
         match self {
             Backend::Direct { backend, .. } => {
                 format!("gpu-reactor/{}", backend.device.renderer_info().name)
             }
+            Backend::Vhost { name, .. } => name.clone(),
         }
     }
 
-    fn capsets(&self) -> Vec<u32> {
+    fn reset(&self, driver: GpuDriver) -> Result<GpuDriver, String> {
         match self {
-            Backend::Direct { backend, .. } => backend
-                .device
-                .renderer_info()
-                .capsets
-                .iter()
-                .map(|c| c.id)
-                .collect(),
+            Backend::Direct { backend, .. } => backend.reset(driver).map_err(|e| e.to_string()),
+            Backend::Vhost { frontend, .. } => match frontend.borrow_mut().as_mut() {
+                Some(f) => f.reset(driver).map_err(|e| e.to_string()),
+                None => Err("session closed".into()),
+            },
         }
     }
 
-    fn reset(&self, driver: GpuDriver) -> Result<GpuDriver, GpuDriverError> {
-        match self {
-            Backend::Direct { backend, .. } => backend.reset(driver),
-        }
-    }
-
+    /// (frames delivered, pixels bad) as the display saw them.
     fn display(&self) -> (u64, u64) {
         match self {
             Backend::Direct { display, .. } => {
@@ -87,8 +233,53 @@ impl Backend {
                 let s = display.stats();
                 (s.frames_delivered, s.pixels_bad)
             }
+            Backend::Vhost { frontend, .. } => frontend.borrow().as_ref().map_or((0, 0), |f| {
+                let s = f.display_stats();
+                (s.frames_delivered, s.pixels_bad)
+            }),
         }
     }
+
+    /// Ends the session cleanly (GET_VRING_BASE, close) and stops an
+    /// embedded backend.
+    pub fn finish(self) -> Result<(), String> {
+        match self {
+            Backend::Direct { .. } => Ok(()),
+            Backend::Vhost {
+                frontend, embedded, ..
+            } => {
+                let r = match frontend.into_inner() {
+                    Some(f) => f.shutdown().map(|_| ()).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                if let Some(mut e) = embedded {
+                    e.backend.interrupt();
+                    if let Some(t) = e.session.take() {
+                        let _ = t.join();
+                    }
+                }
+                r
+            }
+        }
+    }
+}
+
+/// The capsets the backend offers (GET_CAPSET_INFO until it says no).
+fn query_capsets(driver: &mut GpuDriver) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for index in 0..16 {
+        let req = Request::new(GpuCommand::GetCapsetInfo(GetCapsetInfo {
+            capset_index: index,
+        }));
+        match driver.call(Queue::Control, &req, Duration::from_secs(2)) {
+            Ok(c) => match c.response {
+                Ok((_, Response::OkCapsetInfo { capset_id, .. })) => ids.push(capset_id),
+                _ => break,
+            },
+            Err(_) => break,
+        }
+    }
+    ids
 }
 
 /// Progress callback: fraction done.
@@ -110,7 +301,11 @@ pub fn run(
     let mut desktops: Vec<Desktop> = (0..plan.desktops)
         .map(|i| Desktop::new(i, plan, start))
         .collect();
-    let capset = pick_capset(&backend.capsets());
+    let capset = if plan.profile == Profile::ThreeD {
+        pick_capset(&query_capsets(&mut driver))
+    } else {
+        0
+    };
     let mut next_fence = 0u64;
     let mut pattern = Vec::new();
     let mut fatal: Option<String> = None;
@@ -141,7 +336,7 @@ pub fn run(
                 Ok(d) => driver = d,
                 Err(e) => {
                     fatal = Some(format!("reset failed: {e}"));
-                    break;
+                    return build_report(plan, backend, &desktops, start, fatal);
                 }
             }
             for d in &mut desktops {

@@ -70,3 +70,20 @@ fn short_run_prints_json_with_the_contract_fields() {
     assert!(v["fences"].as_u64().unwrap() > 0);
     assert_eq!(v["per_desktop"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn missing_backend_socket_is_a_clear_error_not_a_hang() {
+    let (code, _, err) = loadgen(&["--socket", "/nonexistent/gpu.sock", "--duration", "1s"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no backend listening at /nonexistent/gpu.sock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn direct_and_socket_cannot_be_combined() {
+    let (code, _, err) = loadgen(&["--socket", "/tmp/x", "--direct"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--direct"), "{err}");
+}

@@ -13,6 +13,15 @@ fn run(plan: Plan) -> Report {
     run::run(&plan, &backend, driver, &mut |_| {})
 }
 
+/// The same run over vhost-user: gpu-reactor's backend embedded in this
+/// process on a socketpair, loadgen's frontend playing the VMM.
+fn run_vhost(plan: Plan) -> Report {
+    let (backend, driver) = Backend::embedded(&plan, 2).unwrap();
+    let r = run::run(&plan, &backend, driver, &mut |_| {});
+    backend.finish().unwrap();
+    r
+}
+
 fn plan(scenario: Scenario) -> Plan {
     Plan {
         desktops: 4,
@@ -84,4 +93,22 @@ fn two_d_profile_on_the_global_timeline() {
     });
     assert_clean(&r);
     assert_eq!(r.fence_mode, "global");
+}
+
+#[test]
+fn over_vhost_user_pixels_reach_the_vmm_display_and_nothing_is_lost() {
+    let r = run_vhost(plan(Scenario::None));
+    assert_clean(&r);
+    assert_eq!(
+        r.frames_delivered, r.frames,
+        "every flushed frame reached the VMM's display"
+    );
+}
+
+#[test]
+fn over_vhost_user_a_reset_and_slow_blob_maps_lose_nothing() {
+    for s in [Scenario::Reset, Scenario::SlowMap, Scenario::StalledContext] {
+        let r = run_vhost(plan(s));
+        assert_clean(&r);
+    }
 }

@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 enum Renderer {
     /// Modelled GPU time, real memory copies (no host GPU needed).
     Sim,
-    /// 2D only, through rutabaga_gfx (not built yet).
+    /// 2D only, through rutabaga_gfx.
     #[value(name = "2d")]
     TwoD,
     /// virglrenderer on llvmpipe (not built yet).
@@ -120,17 +120,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    match args.renderer {
-        Renderer::Sim => {}
-        other => {
-            return Err(format!(
-                "renderer {:?} is not built yet; only `--renderer sim` exists",
-                other
-                    .to_possible_value()
-                    .map_or("?".into(), |v| v.get_name().to_string())
-            ))
+    let (renderer, renderer_name): (Arc<dyn gpu::render::RendererFactory>, &str) = match args.renderer {
+        Renderer::Sim => (Arc::new(gpu::render::sim::SimFactory::default()), "sim"),
+        Renderer::TwoD => (Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory), "2d"),
+        Renderer::Virgl => {
+            return Err(
+                "renderer virgl is not built yet (issue: virgl renderer); use `--renderer sim` or `--renderer 2d`".into(),
+            )
         }
-    }
+    };
     if let Some(addr) = &args.metrics {
         tracing::warn!(%addr, "--metrics is not implemented yet; no endpoint is served");
     }
@@ -148,13 +146,14 @@ fn run(args: Args) -> Result<(), String> {
             ..DeviceConfig::default()
         },
         stall_warn: (args.stall_warn_ms > 0).then(|| Duration::from_millis(args.stall_warn_ms)),
+        renderer,
         ..BackendOptions::default()
     };
     let shards = opts.shards;
     let backend =
         Arc::new(Backend::start(opts).map_err(|e| format!("cannot start the device: {e}"))?);
     tracing::info!(
-        renderer = "sim",
+        renderer = renderer_name,
         shards,
         queue_size = args.queue_size,
         outputs = args.outputs,

@@ -230,12 +230,13 @@ impl Renderer for SimRenderer {
             if !rect.fits_within(res.width, res.height) || res.pixels.is_empty() {
                 return Err(ProtocolError::RectOutsideResource);
             }
-            let c = colour.to_le_bytes();
+            // One row of the colour, then a memcpy per row.
+            let row: Vec<u8> = std::iter::repeat_n(colour.to_le_bytes(), rect.width as usize)
+                .flatten()
+                .collect();
             for y in rect.y..rect.y + rect.height {
                 let start = (y as usize * res.width as usize + rect.x as usize) * 4;
-                for px in res.pixels[start..start + rect.width as usize * 4].chunks_exact_mut(4) {
-                    px.copy_from_slice(&c);
-                }
+                res.pixels[start..start + row.len()].copy_from_slice(&row);
             }
         }
         let clock = self.rings.entry((ctx, ring)).or_default();

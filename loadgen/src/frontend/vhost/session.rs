@@ -227,6 +227,9 @@ impl VhostFrontend {
     pub fn reset(&mut self, old: GpuDriver) -> Result<GpuDriver, VhostError> {
         self.stop_rings()?;
         drop(old);
+        if let Some(region) = &self.region {
+            region.unmap_all();
+        }
         let replace = self.opts.reset_replaces_gpu_socket;
         if replace {
             // QEMU closes its end of the GPU socket when the device stops.

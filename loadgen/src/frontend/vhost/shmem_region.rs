@@ -226,6 +226,15 @@ impl HostVisibleRegion {
         Ok(())
     }
 
+    /// Removes every mapping (a device reset voids them all, as QEMU drops
+    /// a device's shared-memory mappings when it resets).
+    pub fn unmap_all(&self) {
+        let all: Vec<(u64, u64)> = self.lock().iter().map(|(o, m)| (*o, m.len)).collect();
+        for (offset, len) in all {
+            let _ = self.unmap(offset, len);
+        }
+    }
+
     /// Copies bytes out of one live mapping (a check that what the backend
     /// mapped is what it meant).
     pub fn read(&self, shm_offset: u64, buf: &mut [u8]) -> Result<(), ShmemError> {

@@ -282,6 +282,21 @@ fn query_capsets(driver: &mut GpuDriver) -> Vec<u32> {
     ids
 }
 
+/// How many scanouts the backend reports connected (GET_DISPLAY_INFO).
+fn query_scanouts(driver: &mut GpuDriver) -> Option<u32> {
+    let req = Request::new(GpuCommand::GetDisplayInfo);
+    match driver
+        .call(Queue::Control, &req, Duration::from_secs(2))
+        .ok()?
+        .response
+    {
+        Ok((_, Response::OkDisplayInfo(modes))) => {
+            Some(modes.iter().take_while(|m| m.enabled).count() as u32)
+        }
+        _ => None,
+    }
+}
+
 /// Progress callback: fraction done.
 pub type Progress<'a> = &'a mut dyn FnMut(f64);
 
@@ -292,6 +307,11 @@ pub fn run(
     mut driver: GpuDriver,
     progress: Progress<'_>,
 ) -> Report {
+    // Desktops beyond the backend's scanouts render off screen.
+    let plan = &Plan {
+        scanouts: query_scanouts(&mut driver).map_or(plan.scanouts, |n| n.min(plan.scanouts)),
+        ..plan.clone()
+    };
     let start = Instant::now();
     let end = start + plan.duration;
     let stress_at = start + plan.duration / 2;

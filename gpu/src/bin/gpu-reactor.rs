@@ -70,15 +70,16 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=16))]
     outputs: u32,
 
-    /// Warn about any reactor task that keeps a shard busy longer than this
-    /// (0: never).
-    #[arg(long, value_name = "MS", default_value_t = 10)]
+    /// Log any guest command still in flight after this long, with its
+    /// context id and command type (0: never). Reactor tasks that hold a
+    /// shard for more than 10 ms are always logged.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
     stall_warn_ms: u64,
 
-    /// Serve Prometheus metrics on this address (not implemented yet:
-    /// accepted and ignored).
+    /// Serve Prometheus text metrics (fence latency per context, commands
+    /// in flight, stalls, ...) at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
-    metrics: Option<String>,
+    metrics: Option<std::net::SocketAddr>,
 
     /// Print the vhost-user capabilities JSON (as libvirt reads it) and exit.
     #[arg(long)]
@@ -129,9 +130,6 @@ fn run(args: Args) -> Result<(), String> {
             )
         }
     };
-    if let Some(addr) = &args.metrics {
-        tracing::warn!(%addr, "--metrics is not implemented yet; no endpoint is served");
-    }
     // Signals are taken by one thread with sigwait(2); blocking them here,
     // before any thread starts, keeps every other thread from seeing them.
     let signals = block_termination_signals()?;
@@ -143,15 +141,19 @@ fn run(args: Args) -> Result<(), String> {
         max_queue_size: args.queue_size,
         device: DeviceConfig {
             num_scanouts: args.outputs,
+            stall_warn: (args.stall_warn_ms > 0).then(|| Duration::from_millis(args.stall_warn_ms)),
             ..DeviceConfig::default()
         },
-        stall_warn: (args.stall_warn_ms > 0).then(|| Duration::from_millis(args.stall_warn_ms)),
+        stall_warn: Some(Duration::from_millis(10)),
         renderer,
         ..BackendOptions::default()
     };
     let shards = opts.shards;
     let backend =
         Arc::new(Backend::start(opts).map_err(|e| format!("cannot start the device: {e}"))?);
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr, backend.clone())?;
+    }
     tracing::info!(
         renderer = renderer_name,
         shards,
@@ -250,4 +252,39 @@ fn spawn_signal_thread(
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `addr` from a plain
+/// thread: a scrape asks the device's owner shard and never blocks a shard.
+fn serve_metrics(addr: std::net::SocketAddr, backend: Arc<Backend>) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
+    tracing::info!(%addr, "serving metrics at /metrics");
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = [0u8; 1024];
+                let n = conn.read(&mut req).unwrap_or(0);
+                let line = String::from_utf8_lossy(&req[..n]);
+                let (status, body) = if line.starts_with("GET /metrics") {
+                    match backend.device().metrics() {
+                        Ok(text) => ("200 OK", text),
+                        Err(e) => ("503 Service Unavailable", format!("{e}\n")),
+                    }
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })
+        .map_err(|e| format!("metrics thread: {e}"))?;
+    Ok(())
 }

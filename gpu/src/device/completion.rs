@@ -48,6 +48,7 @@ impl Owner {
         }
         let mem = self.mem.memory();
         for (queue, head, len) in released.drain(..) {
+            self.watch.finish(queue, head);
             let Some(q) = self.queues[queue as usize].as_mut() else {
                 continue;
             };

@@ -127,6 +127,13 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
     // The header alone, so a request with a bad body still gets its fence
     // (in order) with the error: a lost fence would hang the guest.
     let hdr = CtrlHeader::read(&mut ByteReader::new(&bytes)).unwrap_or_default();
+    o.watch.start(
+        kind,
+        head,
+        hdr.kind,
+        hdr.ctx_id,
+        hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0,
+    );
     let ticket = (hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 && kind == QueueKind::Control)
         .then(|| o.timelines.push(timeline(o, &hdr), hdr.fence_id));
     let req = match kind {

@@ -22,6 +22,7 @@ mod intake;
 mod job;
 mod owner;
 pub mod scanout;
+mod watch;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -61,6 +62,9 @@ pub struct DeviceConfig {
     /// Host memory all resources together may use.
     pub memory_limit: u64,
     pub limits: Limits,
+    /// Log any command in flight longer than this, with its context and
+    /// type (`None`: no watchdog).
+    pub stall_warn: Option<std::time::Duration>,
 }
 
 impl Default for DeviceConfig {
@@ -71,6 +75,7 @@ impl Default for DeviceConfig {
             height: 800,
             memory_limit: 4 << 30,
             limits: Limits::default(),
+            stall_warn: Some(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -278,6 +283,15 @@ impl Device {
         let (reply, rx) = mpsc::channel();
         self.owner
             .send(owner::OwnerCmd::Reset(reply))
+            .map_err(|_| DeviceError::Stopped)?;
+        rx.recv().map_err(|_| DeviceError::Stopped)
+    }
+
+    /// Prometheus text exposition of the device's metrics.
+    pub fn metrics(&self) -> Result<String, DeviceError> {
+        let (reply, rx) = mpsc::channel();
+        self.owner
+            .send(owner::OwnerCmd::Metrics(reply))
             .map_err(|_| DeviceError::Stopped)?;
         rx.recv().map_err(|_| DeviceError::Stopped)
     }

@@ -59,6 +59,7 @@ pub(super) struct Owner {
     pub done_tx: reactor::Sender<Done>,
     pub stats: OwnerStats,
     pub released: Vec<Release>,
+    pub watch: super::watch::Watch,
 }
 
 /// Control messages from the `Device` handle.
@@ -77,6 +78,8 @@ pub(super) enum OwnerCmd {
     },
     Reset(std::sync::mpsc::Sender<()>),
     Stats(std::sync::mpsc::Sender<OwnerStats>),
+    /// Prometheus text of the owner's metrics.
+    Metrics(std::sync::mpsc::Sender<String>),
 }
 
 pub(super) type OwnerRef = Rc<RefCell<Owner>>;
@@ -93,6 +96,12 @@ pub(super) async fn run(
         let owner = owner.clone();
         reactor::spawn_local_named("completion", super::completion::run(owner, done_rx))
     };
+    let watchdog = owner
+        .borrow()
+        .shared
+        .config
+        .stall_warn
+        .map(|t| reactor::spawn_local_named("stall-watchdog", watchdog(owner.clone(), t)));
     while let Some(cmd) = ctl.recv().await {
         match cmd {
             OwnerCmd::SetFeatures(f) => owner.borrow_mut().decode.features = f,
@@ -113,6 +122,9 @@ pub(super) async fn run(
                 owner.borrow_mut().reset();
                 let _ = reply.send(());
             }
+            OwnerCmd::Metrics(reply) => {
+                let _ = reply.send(owner.borrow().metrics());
+            }
             OwnerCmd::Stats(reply) => {
                 let o = owner.borrow();
                 let mut s = o.stats;
@@ -130,6 +142,28 @@ pub(super) async fn run(
     o.stop_queue(QueueKind::Cursor);
     drop(o);
     drop(completion);
+    drop(watchdog);
+}
+
+/// Logs commands in flight past `threshold`, checking twice per threshold
+/// on a CLOCK_MONOTONIC timerfd. Diagnostic only: nothing completes here.
+async fn watchdog(owner: OwnerRef, threshold: std::time::Duration) {
+    let period = (threshold / 2).max(std::time::Duration::from_millis(1));
+    let Ok(timer) = reactor::io::TimerFd::new() else {
+        return;
+    };
+    if timer
+        .set(reactor::io::TimerSpec::Every {
+            first: period,
+            interval: period,
+        })
+        .is_err()
+    {
+        return;
+    }
+    while timer.wait().await.is_ok() {
+        owner.borrow_mut().watch.check(threshold);
+    }
 }
 
 fn start_queue(
@@ -192,6 +226,7 @@ impl Owner {
             done_tx,
             stats: OwnerStats::default(),
             released: Vec::new(),
+            watch: super::watch::Watch::default(),
             shared,
         }
     }
@@ -214,6 +249,7 @@ impl Owner {
         self.scanouts = Scanouts::new(cfg.num_scanouts, cfg.width, cfg.height);
         self.timelines = FenceTimelines::default();
         self.stats.in_flight = 0;
+        self.watch.clear();
         for s in &self.shared.shards {
             let _ = s.tx.send(ShardMsg::Reset);
         }
@@ -221,6 +257,60 @@ impl Owner {
         for i in 0..self.scanouts.count() {
             self.shared.display.scanout(i, None);
         }
+    }
+
+    /// Prometheus text: counters, gauges, per-context fence latency.
+    fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let mut out = String::new();
+        let (contexts, resources) = self.directory.counts();
+        for (name, help, kind, v) in [
+            (
+                "chains_total",
+                "Descriptor chains popped.",
+                "counter",
+                s.chains,
+            ),
+            (
+                "completed_total",
+                "Used elements written.",
+                "counter",
+                s.completed,
+            ),
+            (
+                "errors_total",
+                "Commands answered with an error.",
+                "counter",
+                s.errors,
+            ),
+            (
+                "interrupts_total",
+                "Call eventfd writes.",
+                "counter",
+                s.calls,
+            ),
+            (
+                "fences_pending",
+                "Fenced commands waiting for release.",
+                "gauge",
+                self.timelines.pending() as u64,
+            ),
+            ("contexts", "Live contexts.", "gauge", contexts as u64),
+            ("resources", "Live resources.", "gauge", resources as u64),
+            (
+                "resource_bytes",
+                "Host memory charged to resources.",
+                "gauge",
+                self.directory.bytes_in_use(),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP gpu_reactor_{name} {help}");
+            let _ = writeln!(out, "# TYPE gpu_reactor_{name} {kind}");
+            let _ = writeln!(out, "gpu_reactor_{name} {v}");
+        }
+        self.watch.render(&mut out);
+        out
     }
 
     /// Shards that may host contexts and resources.

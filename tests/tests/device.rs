@@ -582,8 +582,16 @@ fn cursor_queue_updates_reach_the_display_without_the_control_queue() {
 fn metrics_report_per_context_fence_latency_and_commands_in_flight() {
     let (b, mut d) = start();
     ctx_create(&mut d, 4);
-    put(&mut d, &submit(4, 0, false).with_ctx(4).with_ring(0).with_fence(1), 1);
-    put(&mut d, &submit(4, 0, true).with_ctx(4).with_ring(1).with_fence(2), 2);
+    put(
+        &mut d,
+        &submit(4, 0, false).with_ctx(4).with_ring(0).with_fence(1),
+        1,
+    );
+    put(
+        &mut d,
+        &submit(4, 0, true).with_ctx(4).with_ring(1).with_fence(2),
+        2,
+    );
     d.kick(Queue::Control).unwrap();
     d.wait_for(1, T).unwrap();
     let text = b.device.metrics().unwrap();

@@ -233,10 +233,23 @@ impl Backend {
                 let s = display.stats();
                 (s.frames_delivered, s.pixels_bad)
             }
-            Backend::Vhost { frontend, .. } => frontend.borrow().as_ref().map_or((0, 0), |f| {
-                let s = f.display_stats();
-                (s.frames_delivered, s.pixels_bad)
-            }),
+            Backend::Vhost { frontend, .. } => {
+                let f = frontend.borrow();
+                let Some(f) = f.as_ref() else { return (0, 0) };
+                // Updates travel on the GPU socket after their fence
+                // completed: let the last ones arrive (until nothing changed
+                // for 50 ms, at most 1 s).
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let mut last = f.display_stats();
+                loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let now = f.display_stats();
+                    if now == last || Instant::now() > deadline {
+                        return (now.frames_delivered, now.pixels_bad);
+                    }
+                    last = now;
+                }
+            }
         }
     }
 

@@ -210,7 +210,16 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
     let res_home = |o: &Owner, id: u32| o.directory.resource(id).map(|r| r.shard);
     let shard = |s| Ok(Route::Shard(s, Extra::None));
     match &req.cmd {
-        GpuCommand::GetDisplayInfo => Ok(Route::Here(Response::display_info(o.scanouts.modes()))),
+        GpuCommand::GetDisplayInfo => {
+            // The VMM's view when it gave one (QEMU's xres/yres, its
+            // windows), limited to our scanouts; else our configuration.
+            let ours = o.scanouts.count() as usize;
+            let modes = match o.shared.display.vmm_modes() {
+                Some(m) if !m.is_empty() => m.into_iter().take(ours).collect(),
+                _ => o.scanouts.modes().to_vec(),
+            };
+            Ok(Route::Here(Response::display_info(&modes)))
+        }
         GpuCommand::GetEdid(g) => {
             let mode =
                 o.scanouts
@@ -219,8 +228,26 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                         id: g.scanout_id.0,
                         num: o.scanouts.count(),
                     })?;
-            let edid = edid_for(mode.rect.width, mode.rect.height);
-            Ok(Route::Here(Response::OkEdid(EdidBlob::new(&edid)?)))
+            let blob = match o.shared.display.vmm_edid(g.scanout_id.0) {
+                Some(vmm) => EdidBlob::new(&vmm).ok(),
+                None => None,
+            };
+            let blob = match blob {
+                Some(b) => b,
+                None => {
+                    let (w, h) = match o.shared.display.vmm_modes() {
+                        Some(m) => m
+                            .get(g.scanout_id.0 as usize)
+                            .filter(|m| m.enabled)
+                            .map_or((mode.rect.width, mode.rect.height), |m| {
+                                (m.rect.width, m.rect.height)
+                            }),
+                        None => (mode.rect.width, mode.rect.height),
+                    };
+                    EdidBlob::new(&edid_for(w, h))?
+                }
+            };
+            Ok(Route::Here(Response::OkEdid(blob)))
         }
         GpuCommand::GetCapsetInfo(g) => {
             let c = o.shared.info.capsets.get(g.capset_index as usize).ok_or(

@@ -43,6 +43,15 @@ pub trait DisplaySink: Send + Sync {
     /// pixel. A flush fence completes once this returned.
     fn update(&self, scanout: u32, rect: Rect, pixels: Vec<u8>);
     fn cursor(&self, event: CursorEvent);
+    /// The displays as the VMM last described them (its GET_DISPLAY_INFO),
+    /// if it did: answered from a cache, never by asking the VMM now.
+    fn vmm_modes(&self) -> Option<Vec<DisplayMode>> {
+        None
+    }
+    /// The VMM's EDID for a scanout, if it sent one (cached likewise).
+    fn vmm_edid(&self, _scanout: u32) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Shows nothing.

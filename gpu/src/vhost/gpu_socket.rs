@@ -217,6 +217,19 @@ impl GpuSocketDisplay {
 }
 
 impl DisplaySink for GpuSocketDisplay {
+    fn vmm_modes(&self) -> Option<Vec<DisplayMode>> {
+        link::lock(&self.state).vmm.modes.clone()
+    }
+
+    fn vmm_edid(&self, scanout: u32) -> Option<Vec<u8>> {
+        link::lock(&self.state)
+            .vmm
+            .edid
+            .get(scanout as usize)
+            .cloned()
+            .flatten()
+    }
+
     fn scanout(&self, scanout: u32, mode: Option<ScanoutMode>) {
         let mut st = link::lock(&self.state);
         let Some(slot) = st.modes.get_mut(scanout as usize) else {

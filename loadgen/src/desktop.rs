@@ -21,8 +21,6 @@ use crate::scenario::{FenceMode, Plan, Profile, Scenario};
 const HEAVY_GPU_US: u32 = 50_000;
 /// Size of one blob of the blob lifecycle.
 const BLOB_SIZE: u64 = 1 << 20;
-/// Tile flushed per frame when damage is partial.
-const TILE: u32 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cmd {
@@ -63,6 +61,8 @@ enum Blob {
     Mapping {
         outstanding: usize,
     },
+    /// Mapped; UNMAP_BLOB + UNREF go out when the queue has room.
+    Mapped,
     /// UNMAP_BLOB + UNREF in flight.
     Unmapping {
         outstanding: usize,
@@ -267,6 +267,10 @@ impl Desktop {
         if self.blob == Blob::Idle && blob_due && !sh.draining {
             self.start_blob(sh)?;
         }
+        if self.blob == Blob::Mapped {
+            // Unmap even while draining: a mapping must not outlive the run.
+            self.finish_blob(sh)?;
+        }
         Ok(())
     }
 
@@ -335,12 +339,13 @@ impl Desktop {
     }
 
     fn damage(&self, plan: &Plan) -> Rect {
-        if plan.full_damage || plan.width <= TILE || plan.height <= TILE {
+        let tile = plan.tile.max(1);
+        if plan.full_damage || plan.width <= tile || plan.height <= tile {
             return Rect::new(0, 0, plan.width, plan.height);
         }
-        let x = (self.frame as u32).wrapping_mul(64) % (plan.width - TILE);
-        let y = (self.frame as u32).wrapping_mul(32) % (plan.height - TILE);
-        Rect::new(x, y, TILE, TILE)
+        let x = (self.frame as u32).wrapping_mul(64) % (plan.width - tile);
+        let y = (self.frame as u32).wrapping_mul(32) % (plan.height - tile);
+        Rect::new(x, y, tile, tile)
     }
 
     /// Draws the frame into guest memory: the damaged rectangle gets this
@@ -426,10 +431,15 @@ impl Desktop {
                 self.put(sh, Queue::Control, &set, Cmd::Frame)?;
             }
         }
-        let flush = Request::new(GpuCommand::ResourceFlush(ResourceFlush {
+        let mut flush = Request::new(GpuCommand::ResourceFlush(ResourceFlush {
             rect,
             resource_id: ResourceId(self.fb),
         }));
+        if plan.profile == Profile::ThreeD {
+            // Flushed by the context that drew it: the device keeps a
+            // context's commands in order, not commands across contexts.
+            flush = flush.with_ctx(self.ctx);
+        }
         let flush = self.fence(sh, flush);
         self.put(
             sh,
@@ -494,6 +504,9 @@ impl Desktop {
     }
 
     fn finish_blob(&mut self, sh: &mut Shared<'_>) -> Result<(), GpuDriverError> {
+        if sh.driver.queue(Queue::Control).num_free() < 2 {
+            return Ok(()); // stays Mapped; `poll` tries again
+        }
         let id = ResourceRef {
             resource_id: ResourceId(self.blob_id()),
         };
@@ -586,6 +599,7 @@ impl Desktop {
                 if let Blob::Mapping { outstanding } = &mut self.blob {
                     *outstanding -= 1;
                     if *outstanding == 0 {
+                        self.blob = Blob::Mapped;
                         self.finish_blob(sh)?;
                     }
                 }

@@ -44,6 +44,9 @@ struct Args {
     /// Flush whole frames instead of a moving 256x256 tile (default for 2d).
     #[arg(long)]
     full_damage: Option<bool>,
+    /// Side of the damaged square flushed per frame (partial damage), pixels.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    damage_px: u32,
     /// Drive any vhost-user GPU backend listening at PATH instead of the
     /// embedded gpu-reactor (ours, vhost-device-gpu, QEMU's vhost-user-gpu).
     #[arg(long, value_name = "PATH")]
@@ -89,6 +92,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+
     let plan = Plan {
         desktops: args.desktops as usize,
         duration: args.duration,
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         fps: args.fps,
         gpu_cost_us: args.gpu_cost_us,
         full_damage: args.full_damage.unwrap_or(args.profile == Profile::TwoD),
+        tile: args.damage_px,
         ..Plan::default()
     };
     let shards = args

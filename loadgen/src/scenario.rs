@@ -157,8 +157,11 @@ pub struct Plan {
     pub gpu_cost_us: u32,
     pub width: u32,
     pub height: u32,
-    /// Flush the whole frame (else a 256x256 tile moving over the screen).
+    /// Flush the whole frame (else a `tile` x `tile` square moving over the
+    /// screen).
     pub full_damage: bool,
+    /// Side of the damaged square of a partial-damage frame, in pixels.
+    pub tile: u32,
     /// A blob lifecycle every this many frames (3d profile).
     pub blob_every: u64,
     /// Scanouts the backend offers (desktop i shows on scanout i).
@@ -178,6 +181,7 @@ impl Default for Plan {
             width: 1280,
             height: 800,
             full_damage: false,
+            tile: 256,
             blob_every: 60,
             scanouts: 16,
         }

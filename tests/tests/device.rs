@@ -602,3 +602,58 @@ fn metrics_report_per_context_fence_latency_and_commands_in_flight() {
     assert!(text.contains("gpu_reactor_commands_in_flight 1"), "{text}");
     assert!(text.contains("gpu_reactor_contexts 1"), "{text}");
 }
+
+#[test]
+fn a_context_past_its_in_flight_cap_still_runs_its_commands_in_order() {
+    let (b, mut d) = start();
+    ctx_create(&mut d, 1);
+    let (w, h) = (8u32, 8u32);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceCreate2d(ResourceCreate2d {
+            resource_id: ResourceId(9),
+            format: Format::B8G8R8X8Unorm,
+            width: w,
+            height: h,
+        }))
+        .with_ctx(1),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let rect = Rect::new(0, 0, w, h);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::SetScanout(SetScanout {
+            rect,
+            scanout_id: ScanoutId(0),
+            resource_id: ResourceId(9),
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    // 300 draws (far past the per-context cap of commands a shard holds),
+    // each painting its own colour, then a flush by the same context: the
+    // last colour must be what is shown.
+    for i in 1..=300u32 {
+        let fill = gpu::render::sim::sim_submit_fill(0, false, 9, rect, 0xff00_0000 | i);
+        put(
+            &mut d,
+            &Request::new(GpuCommand::Submit3d(Submit3d { data: fill })).with_ctx(1),
+            u64::from(i),
+        );
+    }
+    let flush = Request::new(GpuCommand::ResourceFlush(ResourceFlush {
+        rect,
+        resource_id: ResourceId(9),
+    }))
+    .with_ctx(1)
+    .with_fence(1);
+    put(&mut d, &flush, 1000);
+    d.kick(Queue::Control).unwrap();
+    let done = d.wait_n(301, T).unwrap();
+    assert!(done.iter().all(|c| ok(c) == &Response::OkNodata));
+    let frame = &b.display.snapshot().frames[&0];
+    let last = (0xff00_0000u32 | 300).to_le_bytes();
+    assert!(
+        frame.chunks(4).all(|px| px == last),
+        "a draw ran out of order"
+    );
+}

@@ -35,6 +35,9 @@ impl Owner {
         if done.generation != self.generation {
             return;
         }
+        if done.routed_ctx != 0 {
+            self.release_slot(done.routed_ctx);
+        }
         self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         let mut released = std::mem::take(&mut self.released);
         let entry = (done.queue, done.head, done.len);

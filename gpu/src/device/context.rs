@@ -99,6 +99,7 @@ fn respond(env: &ShardEnv, reply: &Reply, resp: &Response) {
         head: reply.head,
         len,
         ticket: reply.ticket,
+        routed_ctx: reply.hdr.ctx_id,
     });
 }
 

@@ -165,32 +165,14 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
             };
             o.stats.in_flight += 1;
             o.stats.max_in_flight = o.stats.max_in_flight.max(o.stats.in_flight);
-            if o.shared.shards[shard]
-                .tx
-                .send(ShardMsg::Job(Box::new(job)))
-                .is_err()
-            {
-                tracing::error!(shard, "shard executor is gone");
-                o.stats.in_flight -= 1;
-                o.answer_now(
-                    kind,
-                    head,
-                    &hdr,
-                    &area_lost(),
-                    ticket,
-                    &Err(ProtocolError::RendererFailed(-1)),
-                    mem,
-                );
-            }
+            o.dispatch(shard, Box::new(job));
         }
         Err(e) => o.answer_now(kind, head, &hdr, &area, ticket, &Err(e), mem),
     }
 }
 
-/// The response area went with the job; nothing more can be written.
-fn area_lost() -> ResponseArea {
-    ResponseArea::default()
-}
+/// Commands of one context a shard holds at once (see `Owner::dispatch`).
+const CONTEXT_IN_FLIGHT: usize = 64;
 
 enum Route {
     Here(Response),
@@ -541,7 +523,69 @@ impl Owner {
             head,
             len,
             ticket,
+            routed_ctx: 0,
         };
         self.complete(done);
+    }
+
+    /// Sends a job to its shard, unless its context already has
+    /// `CONTEXT_IN_FLIGHT` commands there: then it waits, in order, behind
+    /// that context's others, so a context flooding the queue cannot fill
+    /// every shard's executor ahead of the other contexts. Only commands
+    /// with a context wait; contexts are independent of each other until a
+    /// fence says otherwise, so this reorders nothing the guest can rely on.
+    pub(super) fn dispatch(&mut self, shard: usize, job: Box<Job>) {
+        let ctx = job.reply.hdr.ctx_id;
+        if ctx != 0 {
+            let busy = self.routed.get(&ctx).copied().unwrap_or(0) >= CONTEXT_IN_FLIGHT;
+            let queued = self.parked.get(&ctx).is_some_and(|p| !p.is_empty());
+            if busy || queued {
+                self.parked.entry(ctx).or_default().push_back((shard, job));
+                return;
+            }
+            *self.routed.entry(ctx).or_default() += 1;
+        }
+        self.send_to_shard(shard, job);
+    }
+
+    /// Hands a job to its shard's executor; if that executor is gone (its
+    /// renderer failed to start), answers the command with an error so the
+    /// guest's chain still comes back.
+    fn send_to_shard(&mut self, shard: usize, job: Box<Job>) {
+        let Err(reactor::SendError(ShardMsg::Job(job))) =
+            self.shared.shards[shard].tx.send(ShardMsg::Job(job))
+        else {
+            return;
+        };
+        tracing::error!(shard, "shard executor is gone");
+        let r = job.reply;
+        self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
+        if r.hdr.ctx_id != 0 {
+            if let Some(n) = self.routed.get_mut(&r.hdr.ctx_id) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let mem = self.mem.memory();
+        self.answer_now(
+            r.queue,
+            r.head,
+            &r.hdr,
+            &r.response,
+            r.ticket,
+            &Err(ProtocolError::RendererFailed(-1)),
+            &mem,
+        );
+    }
+
+    /// A context's command finished on its shard: let the next waiting one go.
+    pub(super) fn release_slot(&mut self, ctx: u32) {
+        if let Some(n) = self.routed.get_mut(&ctx) {
+            *n = n.saturating_sub(1);
+        }
+        let next = self.parked.get_mut(&ctx).and_then(|p| p.pop_front());
+        if let Some((shard, job)) = next {
+            *self.routed.entry(ctx).or_default() += 1;
+            self.send_to_shard(shard, job);
+        }
     }
 }

@@ -50,6 +50,9 @@ pub struct Done {
     pub head: u16,
     pub len: u32,
     pub ticket: Option<FenceTicket>,
+    /// The context of a command a shard ran (0: none, or answered by the
+    /// owner itself): frees one of that context's in-flight slots.
+    pub routed_ctx: u32,
 }
 
 /// Work for a shard's executor.

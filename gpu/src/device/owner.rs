@@ -60,6 +60,11 @@ pub(super) struct Owner {
     pub stats: OwnerStats,
     pub released: Vec<Release>,
     pub watch: super::watch::Watch,
+    /// Commands routed to shards and not done yet, per context.
+    pub routed: std::collections::HashMap<u32, usize>,
+    /// Commands waiting for their context's in-flight slot, in order.
+    pub parked:
+        std::collections::HashMap<u32, std::collections::VecDeque<(usize, Box<super::job::Job>)>>,
 }
 
 /// Control messages from the `Device` handle.
@@ -227,6 +232,8 @@ impl Owner {
             stats: OwnerStats::default(),
             released: Vec::new(),
             watch: super::watch::Watch::default(),
+            routed: Default::default(),
+            parked: Default::default(),
             shared,
         }
     }
@@ -250,6 +257,8 @@ impl Owner {
         self.timelines = FenceTimelines::default();
         self.stats.in_flight = 0;
         self.watch.clear();
+        self.routed.clear();
+        self.parked.clear();
         for s in &self.shared.shards {
             let _ = s.tx.send(ShardMsg::Reset);
         }

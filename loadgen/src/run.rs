@@ -225,6 +225,17 @@ impl Backend {
         }
     }
 
+    /// Err when the backend is gone (its control socket closed).
+    fn check_alive(&self) -> Result<(), String> {
+        match self {
+            Backend::Direct { .. } => Ok(()),
+            Backend::Vhost { frontend, .. } => match frontend.borrow().as_ref() {
+                Some(f) => f.check_alive().map_err(|e| e.to_string()),
+                None => Err("session closed".into()),
+            },
+        }
+    }
+
     /// (frames delivered, pixels bad) as the display saw them.
     fn display(&self) -> (u64, u64) {
         match self {
@@ -346,6 +357,7 @@ pub fn run(
     let mut turn = 0usize;
     let grace = Duration::from_secs(1) + Duration::from_micros(u64::from(plan.gpu_cost_us) * 4);
     let mut drain_until: Option<Instant> = None;
+    let mut next_alive_check = start;
 
     loop {
         let now = Instant::now();
@@ -360,6 +372,13 @@ pub fn run(
                 .filter(|x| !x.is_hung())
                 .any(|x| x.pending_fences() > 0);
             if !waiting || now >= d {
+                break;
+            }
+        }
+        if now >= next_alive_check {
+            next_alive_check = now + Duration::from_millis(100);
+            if let Err(e) = backend.check_alive() {
+                fatal = Some(format!("backend disconnected mid-run: {e}"));
                 break;
             }
         }

@@ -112,3 +112,42 @@ fn over_vhost_user_a_reset_and_slow_blob_maps_lose_nothing() {
         assert_clean(&r);
     }
 }
+
+#[test]
+fn a_backend_that_dies_mid_run_ends_the_run_with_a_clear_error_not_a_hang() {
+    use std::sync::Arc;
+    let dir = std::env::temp_dir().join(format!("gpu-reactor-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gpu.sock");
+    let backend =
+        Arc::new(gpu::vhost::Backend::start(gpu::vhost::BackendOptions::default()).unwrap());
+    let server = gpu::vhost::Server::bind(&path, backend.clone()).unwrap();
+    let stop = server.stopper();
+    let serving = std::thread::spawn(move || server.run());
+    let plan = Plan {
+        duration: Duration::from_secs(30),
+        ..plan(Scenario::None)
+    };
+    let (lg, driver) = Backend::socket(&plan, &path).unwrap();
+    let killer = {
+        let backend = backend.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            backend.interrupt();
+        })
+    };
+    let started = std::time::Instant::now();
+    let r = run::run(&plan, &lg, driver, &mut |_| {});
+    assert!(started.elapsed() < Duration::from_secs(10), "the run hung");
+    assert!(r.errors > 0);
+    assert!(
+        r.error_samples
+            .iter()
+            .any(|e| e.contains("backend disconnected")),
+        "{:?}",
+        r.error_samples
+    );
+    killer.join().unwrap();
+    stop.stop();
+    let _ = serving.join();
+}

@@ -84,8 +84,11 @@ impl Backend {
             .name("gpu")
             .stall_threshold(opts.stall_warn)
             .build()?;
+        // Pixels to the VMM are bulk copies: keep them off shard 0, which
+        // owns the queues (intake and completion are the latency path).
+        let display_shard = reactor.shards().len() - 1;
         let display = Arc::new(GpuSocketDisplay::new(
-            reactor.shard(0).clone(),
+            reactor.shard(display_shard).clone(),
             opts.device.num_scanouts,
             opts.display_reply_timeout,
         ));

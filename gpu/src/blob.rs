@@ -100,19 +100,7 @@ impl BlobMapper for FakeBlobMapper {
             Ok(mut m) => m.insert(shm_offset, mem.size).is_none(),
             Err(_) => false,
         };
-        let delay = self.delay;
-        Box::pin(async move {
-            if !delay.is_zero() {
-                let _ = reactor::time::sleep(delay).await;
-            }
-            if ok {
-                Ok(())
-            } else {
-                Err(BlobError::Vmm(format!(
-                    "offset {shm_offset:#x} already mapped"
-                )))
-            }
-        })
+        self.answer(ok, format!("offset {shm_offset:#x} already mapped"))
     }
 
     fn unmap(&self, shm_offset: u64, _len: u64) -> BlobFuture {
@@ -120,6 +108,13 @@ impl BlobMapper for FakeBlobMapper {
             Ok(mut m) => m.remove(&shm_offset).is_some(),
             Err(_) => false,
         };
+        self.answer(ok, format!("offset {shm_offset:#x} not mapped"))
+    }
+}
+
+impl FakeBlobMapper {
+    /// The VMM's answer, after the configured delay (a timerfd on the ring).
+    fn answer(&self, ok: bool, refusal: String) -> BlobFuture {
         let delay = self.delay;
         Box::pin(async move {
             if !delay.is_zero() {
@@ -128,7 +123,7 @@ impl BlobMapper for FakeBlobMapper {
             if ok {
                 Ok(())
             } else {
-                Err(BlobError::Vmm(format!("offset {shm_offset:#x} not mapped")))
+                Err(BlobError::Vmm(refusal))
             }
         })
     }

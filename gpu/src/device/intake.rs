@@ -13,8 +13,8 @@ use crate::protocol::wire::{
     VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_FLAG_INFO_RING_IDX, VIRTIO_GPU_F_CONTEXT_INIT,
 };
 use crate::protocol::{
-    decode, decode_cursor, edid_for, gather, CtrlHeader, EdidBlob, GpuCommand, ProtocolError,
-    Request, Response, ResponseArea,
+    decode, decode_cursor, edid_for, gather, CtrlHeader, EdidBlob, Format, GpuCommand,
+    ProtocolError, Rect, Request, Response, ResponseArea,
 };
 use vm_memory::GuestAddressSpace;
 
@@ -267,8 +267,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
         GpuCommand::SetScanout(s) => {
             let id = s.scanout_id.0;
             if s.resource_id.0 == 0 {
-                o.scanouts.bind(id, None);
-                o.shared.display.scanout(id, None);
+                o.hide(id);
                 return Ok(Route::Here(Response::OkNodata));
             }
             let e = o.directory.check_rect(s.resource_id.0, s.rect)?;
@@ -278,29 +277,14 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 } => f,
                 _ => return Err(ProtocolError::RectOutsideResource),
             };
-            o.scanouts.bind(
-                id,
-                Some(Binding {
-                    resource: s.resource_id.0,
-                    rect: s.rect,
-                }),
-            );
-            o.shared.display.scanout(
-                id,
-                Some(ScanoutMode {
-                    width: s.rect.width,
-                    height: s.rect.height,
-                    format,
-                }),
-            );
+            o.show(id, s.resource_id.0, s.rect, format);
             Ok(Route::Here(Response::OkNodata))
         }
         GpuCommand::SetScanoutBlob(s) => {
             let id = s.scanout_id.0;
             let layout = match (&s.layout, s.resource_id.0) {
                 (_, 0) | (None, _) => {
-                    o.scanouts.bind(id, None);
-                    o.shared.display.scanout(id, None);
+                    o.hide(id);
                     return Ok(Route::Here(Response::OkNodata));
                 }
                 (Some(l), _) => l,
@@ -317,21 +301,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                     blob_size: size,
                 });
             }
-            o.scanouts.bind(
-                id,
-                Some(Binding {
-                    resource: s.resource_id.0,
-                    rect: s.rect,
-                }),
-            );
-            o.shared.display.scanout(
-                id,
-                Some(ScanoutMode {
-                    width: s.rect.width,
-                    height: s.rect.height,
-                    format: layout.format,
-                }),
-            );
+            o.show(id, s.resource_id.0, s.rect, layout.format);
             Ok(Route::Here(Response::OkNodata))
         }
         GpuCommand::ResourceCreate2d(c) => {
@@ -479,6 +449,23 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
 }
 
 impl Owner {
+    /// Scanout `id` shows `rect` of `resource` from now on.
+    fn show(&mut self, id: u32, resource: u32, rect: Rect, format: Format) {
+        self.scanouts.bind(id, Some(Binding { resource, rect }));
+        let mode = ScanoutMode {
+            width: rect.width,
+            height: rect.height,
+            format,
+        };
+        self.shared.display.scanout(id, Some(mode));
+    }
+
+    /// Scanout `id` is disabled.
+    fn hide(&mut self, id: u32) {
+        self.scanouts.bind(id, None);
+        self.shared.display.scanout(id, None);
+    }
+
     /// Writes a response now (owner-side commands and errors) and
     /// completes the chain, through its fence timeline if fenced.
     #[allow(clippy::too_many_arguments)]

@@ -124,9 +124,12 @@ fn run(args: Args) -> Result<(), String> {
     let (renderer, renderer_name): (Arc<dyn gpu::render::RendererFactory>, &str) = match args.renderer {
         Renderer::Sim => (Arc::new(gpu::render::sim::SimFactory::default()), "sim"),
         Renderer::TwoD => (Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory), "2d"),
+        #[cfg(feature = "virgl")]
+        Renderer::Virgl => (Arc::new(gpu::render::virgl::VirglFactory::new()?), "virgl"),
+        #[cfg(not(feature = "virgl"))]
         Renderer::Virgl => {
             return Err(
-                "renderer virgl is not built yet (issue: virgl renderer); use `--renderer sim` or `--renderer 2d`".into(),
+                "renderer virgl is not in this build (cargo feature `virgl`); use `--renderer sim` or `--renderer 2d`".into(),
             )
         }
     };

@@ -264,7 +264,14 @@ fn run_command(
             st.renderer.destroy_context(ctx);
             ok
         }
-        GpuCommand::CtxAttachResource(_) | GpuCommand::CtxDetachResource(_) => ok,
+        GpuCommand::CtxAttachResource(r) => {
+            st.renderer.attach_resource(ctx, r.resource_id.0);
+            ok
+        }
+        GpuCommand::CtxDetachResource(r) => {
+            st.renderer.detach_resource(ctx, r.resource_id.0);
+            ok
+        }
         GpuCommand::Submit3d(s) => {
             st.renderer.submit(ctx, job.reply.hdr.ring_idx, &s.data)?;
             ok

@@ -7,6 +7,8 @@
 
 pub mod rutabaga2d;
 pub mod sim;
+#[cfg(feature = "virgl")]
+pub mod virgl;
 
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -76,6 +78,11 @@ pub trait Renderer {
     fn create_context(&mut self, ctx: u32, capset_id: u8, name: &[u8])
         -> Result<(), ProtocolError>;
     fn destroy_context(&mut self, ctx: u32);
+    /// `CTX_ATTACH_RESOURCE`: context `ctx` may now use resource `id`
+    /// (renderers that track no such thing ignore it).
+    fn attach_resource(&mut self, _ctx: u32, _id: u32) {}
+    /// `CTX_DETACH_RESOURCE`.
+    fn detach_resource(&mut self, _ctx: u32, _id: u32) {}
     /// Queues a command buffer on (ctx, ring).
     fn submit(&mut self, ctx: u32, ring: u8, cmds: &[u8]) -> Result<(), ProtocolError>;
     /// Completes once all work submitted so far on (ctx, ring) has finished.

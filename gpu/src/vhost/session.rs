@@ -14,6 +14,7 @@ use std::fmt;
 use std::mem;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserInflight, VhostUserMemory, VhostUserMemoryRegion, VhostUserMsgValidator,
@@ -28,7 +29,12 @@ use super::inflight::{self, InflightBuffer};
 use super::memory::{MemoryTable, RegionInfo, MAX_REGIONS};
 use super::vring::{queue_kind, RingAddrs, Vring, NUM_QUEUES};
 use super::Backend;
-use crate::device::{DeviceError, VIRTIO_RING_F_EVENT_IDX};
+use crate::device::{DeviceError, QueueKind, VIRTIO_RING_F_EVENT_IDX};
+
+/// Longest wait for commands in flight before a ring stops or the memory
+/// table changes (a stalled GPU context must not hang the frontend).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const DRAIN_POLL: Duration = Duration::from_millis(1);
 
 /// `SET_VRING_KICK/CALL/ERR` payload: bits 0..=7 index, bit 8 "no fd".
 const VRING_INDEX_MASK: u64 = 0xff;
@@ -208,6 +214,23 @@ impl<'a> Session<'a> {
                     .device
                     .set_features(virtio)
                     .map_err(device_fault)?;
+                // Without PROTOCOL_FEATURES there is no SET_VRING_ENABLE:
+                // every ring is enabled, including one whose kick fd came
+                // before the features (it would otherwise never start).
+                if !self.protocol_features_negotiated() {
+                    for i in 0..NUM_QUEUES {
+                        self.vrings[i].enabled = true;
+                    }
+                }
+                // A ring started before the features (its kick fd came
+                // first) restarts with the ring features now acked.
+                let event_idx = v & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+                for i in 0..NUM_QUEUES {
+                    if self.vrings[i].started && self.vrings[i].event_idx != event_idx {
+                        self.stop(i)?;
+                    }
+                    self.maybe_start(i)?;
+                }
                 Ok(None)
             }
             FrontendReq::GET_PROTOCOL_FEATURES => {
@@ -265,6 +288,8 @@ impl<'a> Session<'a> {
                 if fds.len() > 1 {
                     return Err(fatal(format!("{} file descriptors (at most 1)", fds.len())));
                 }
+                // Commands still using the region finish before it goes.
+                self.drain_in_flight("REM_MEM_REG")?;
                 self.memory
                     .remove(region)
                     .map_err(|e| fatal(e.to_string()))?;
@@ -472,6 +497,8 @@ impl<'a> Session<'a> {
                 .ok_or_else(|| fatal("memory region layout"))?;
             regions.push((RegionInfo::from_wire(&r), fd));
         }
+        // Commands running against the old table finish before it goes.
+        self.drain_in_flight("SET_MEM_TABLE")?;
         self.memory
             .replace(regions)
             .map_err(|e| fatal(e.to_string()))?;
@@ -487,7 +514,15 @@ impl<'a> Session<'a> {
             .map_err(|e| fatal(e.to_string()))?;
         self.backend.device.set_memory(mem);
         for i in 0..NUM_QUEUES {
-            self.maybe_start(i)?;
+            if self.vrings[i].started {
+                // A kick that came while the ring's memory was missing
+                // found nothing to read: look at the ring again.
+                if let Some(kick) = &self.vrings[i].kick {
+                    kick_eventfd(kick);
+                }
+            } else {
+                self.maybe_start(i)?;
+            }
         }
         Ok(None)
     }
@@ -513,6 +548,11 @@ impl<'a> Session<'a> {
             avail_ring: translate(a.available, "avail ring")?,
             used_ring: translate(a.used, "used ring")?,
         };
+        // QEMU repeats SET_VRING_ADDR on a running ring (dirty logging
+        // toggles); the same addresses change nothing.
+        if self.vrings[i].started && self.vrings[i].addrs == Some(addrs) {
+            return Ok(None);
+        }
         self.stopped_ring(i)?.addrs = Some(addrs);
         self.maybe_start(i)
     }
@@ -571,6 +611,7 @@ impl<'a> Session<'a> {
             .map_err(device_fault)?;
         tracing::debug!(ring = i, ?setup, "ring started");
         self.vrings[i].started = true;
+        self.vrings[i].event_idx = event_idx;
         Ok(None)
     }
 
@@ -584,17 +625,68 @@ impl<'a> Session<'a> {
     }
 
     /// Stops ring `i` if it runs; returns its next avail index.
+    ///
+    /// Commands already taken from the ring complete first (bounded by
+    /// [`DRAIN_TIMEOUT`]): the device drops completions for a stopped ring,
+    /// so a command still in flight at the stop would never reach the used
+    /// ring, and the index returned would count a chain the guest never
+    /// gets back. After the stop nothing is written to the ring.
     fn stop(&mut self, i: usize) -> Result<u16, Fault> {
-        let v = &mut self.vrings[i];
-        if !v.started {
-            return Ok(v.base);
+        if !self.vrings[i].started {
+            return Ok(self.vrings[i].base);
         }
-        v.started = false;
         let kind = queue_kind(i as u32).ok_or_else(|| fatal(format!("ring {i}")))?;
+        // Cursor commands complete as they are taken; only the control
+        // ring has commands on the shards.
+        let control = kind == QueueKind::Control;
+        if control {
+            self.drain_in_flight("stopping the control ring")?;
+        }
+        self.vrings[i].started = false;
         if let Some(base) = self.backend.device.stop_queue(kind).map_err(device_fault)? {
             self.vrings[i].base = base;
         }
+        let left = if control { self.in_flight()? } else { 0 };
+        if left > 0 {
+            tracing::error!(
+                ring = i,
+                commands = left,
+                "ring stopped with commands in flight; their completions are dropped"
+            );
+        }
         Ok(self.vrings[i].base)
+    }
+
+    /// Commands taken from the rings and not yet on a used ring (fenced
+    /// ones waiting for release included).
+    fn in_flight(&self) -> Result<u64, Fault> {
+        let s = self.backend.device.stats().map_err(device_fault)?;
+        Ok(s.in_flight + s.fences_pending)
+    }
+
+    /// Waits until every command taken from a running ring is on its used
+    /// ring, at most [`DRAIN_TIMEOUT`]. The device has no "queue drained"
+    /// event, so this polls its counters; it runs on the control thread,
+    /// only while a frontend stops rings or replaces memory.
+    fn drain_in_flight(&self, why: &str) -> Result<(), Fault> {
+        if !self.vrings.iter().any(|v| v.started) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let n = self.in_flight()?;
+            if n == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    commands = n,
+                    "{why}: commands still in flight after {DRAIN_TIMEOUT:?}; going on without them"
+                );
+                return Ok(());
+            }
+            std::thread::sleep(DRAIN_POLL);
+        }
     }
 
     fn stop_if_started(&mut self, i: usize) -> Result<(), Fault> {
@@ -698,6 +790,14 @@ fn vring_fd(payload: &[u8], fds: Vec<OwnedFd>) -> Result<(usize, Option<OwnedFd>
         return Ok((i, None));
     }
     Ok((i, Some(one_fd(fds)?)))
+}
+
+/// Signals an eventfd (a full or closed one needs no further signal).
+fn kick_eventfd(fd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live local to an fd we own.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
 fn unread_eventfd() -> std::io::Result<OwnedFd> {

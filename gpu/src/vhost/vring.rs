@@ -35,6 +35,8 @@ pub struct Vring {
     pub enabled: bool,
     /// The device is running this ring.
     pub started: bool,
+    /// The ring runs with `VIRTIO_RING_F_EVENT_IDX` (set when it started).
+    pub event_idx: bool,
 }
 
 impl Vring {

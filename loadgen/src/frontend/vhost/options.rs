@@ -21,6 +21,26 @@ pub enum MemTableMode {
     AddMemReg,
 }
 
+/// Where the set-up stops and hands the driver back, so the guest can
+/// submit and kick before the backend has everything a ring needs;
+/// [`VhostFrontend::finish_setup`](super::VhostFrontend::finish_setup)
+/// sends the rest. Kicks given that early are legal: a backend must look at
+/// the ring when it becomes ready (rust-vmm's vhost-device-gpu does not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SetupPause {
+    /// The whole set-up, in QEMU's order.
+    #[default]
+    None,
+    /// Rings get size, base, kick and call fds; then the pause; then the
+    /// memory table, ring addresses and `SET_VRING_ENABLE`.
+    BeforeMemory,
+    /// Memory, then size, base, kick and call fds; then the pause; then
+    /// ring addresses and `SET_VRING_ENABLE`.
+    BeforeRingAddr,
+    /// Everything but `SET_VRING_ENABLE`.
+    BeforeEnable,
+}
+
 /// Everything [`VhostFrontend`](super::VhostFrontend) needs besides the socket
 /// and the guest RAM.
 #[derive(Debug, Clone)]
@@ -52,6 +72,9 @@ pub struct VhostOptions {
     /// kick (a backend that drops kicks before `SET_VRING_ENABLE` is then
     /// safe). QEMU does not do this.
     pub setup_barrier: bool,
+    /// Stop the set-up early (every set-up, `reset` included) so the
+    /// caller can kick first; see [`SetupPause`].
+    pub pause_setup: SetupPause,
     /// On `reset`, close the GPU socket and hand the backend a new one, as
     /// QEMU does when the device stops and starts again. QEMU's own backend
     /// (7.2) refuses a second socket (it never noticed the first closing)
@@ -81,6 +104,7 @@ impl Default for VhostOptions {
             control_timeout: Duration::from_secs(5),
             connect_wait: Duration::ZERO,
             setup_barrier: true,
+            pause_setup: SetupPause::None,
             reset_replaces_gpu_socket: true,
             display: DisplayOptions::default(),
             shmem: ShmemOptions::default(),

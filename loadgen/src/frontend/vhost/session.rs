@@ -36,7 +36,7 @@ use super::features::{
 };
 use super::gpu_set_socket::{self, SetSocketError};
 use super::gpu_socket::GpuSocketServer;
-use super::options::{MemTableMode, VhostOptions};
+use super::options::{MemTableMode, SetupPause, VhostOptions};
 use super::shmem_region::HostVisibleRegion;
 
 /// The GPU device's queues: control and cursor.
@@ -60,6 +60,15 @@ pub struct VhostFrontend {
     memory_added: bool,
     /// Why the control channel is unusable, once it is.
     broken: Option<String>,
+    /// What a paused set-up still has to send ([`SetupPause`]).
+    remaining: Option<RemainingSetup>,
+}
+
+/// The part of a set-up held back by [`SetupPause`].
+struct RemainingSetup {
+    memory: bool,
+    /// Ring addresses still to send, by ring index.
+    addrs: Vec<VringConfigData>,
 }
 
 impl std::fmt::Debug for VhostFrontend {
@@ -148,6 +157,7 @@ impl VhostFrontend {
             },
             memory_added: false,
             broken: None,
+            remaining: None,
         };
         session.negotiate()?;
         session.attach_gpu_socket()?;
@@ -385,7 +395,8 @@ impl VhostFrontend {
         })
     }
 
-    /// SET_FEATURES, guest RAM, both rings, enable: a driver ready to go.
+    /// SET_FEATURES, guest RAM, both rings, enable: a driver ready to go
+    /// (or, with [`SetupPause`], a driver whose rings are not all ready).
     fn start_device(&mut self) -> Result<GpuDriver, VhostError> {
         let acked = driver_features(
             self.negotiated.offered,
@@ -400,16 +411,47 @@ impl VhostFrontend {
             self.opts.queue_size,
             self.negotiated.queue_features,
         )?;
-        self.send_memory()?;
+        let pause = self.opts.pause_setup;
+        let memory_later = pause == SetupPause::BeforeMemory;
+        let addrs_later = matches!(pause, SetupPause::BeforeMemory | SetupPause::BeforeRingAddr);
+        if !memory_later {
+            self.send_memory()?;
+        }
+        let mut addrs = Vec::new();
         for (index, end) in ends.into_iter().enumerate() {
             let queue = if index == 0 {
                 Queue::Control
             } else {
                 Queue::Cursor
             };
-            self.start_ring(index, &driver, queue, end)?;
+            let config = self.ring_config(&driver, queue);
+            self.start_ring(index, config, end, !addrs_later)?;
+            addrs.push(config);
         }
-        if acked & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        self.remaining = Some(RemainingSetup {
+            memory: memory_later,
+            addrs: if addrs_later { addrs } else { Vec::new() },
+        });
+        if pause == SetupPause::None {
+            self.finish_setup()?;
+        }
+        Ok(driver)
+    }
+
+    /// Sends what a [`SetupPause`] held back: the memory table, ring
+    /// addresses, `SET_VRING_ENABLE` and the set-up barrier. Nothing when
+    /// the set-up is complete.
+    pub fn finish_setup(&mut self) -> Result<(), VhostError> {
+        let Some(rest) = self.remaining.take() else {
+            return Ok(());
+        };
+        if rest.memory {
+            self.send_memory()?;
+        }
+        for (index, config) in rest.addrs.iter().enumerate() {
+            self.op("SET_VRING_ADDR", |f| f.set_vring_addr(index, config))?;
+        }
+        if self.negotiated.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for index in 0..QUEUES {
                 self.op("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
             }
@@ -419,7 +461,45 @@ impl VhostFrontend {
             // message before it.
             self.op("GET_FEATURES (set-up barrier)", |f| f.get_features())?;
         }
-        Ok(driver)
+        Ok(())
+    }
+
+    /// `SET_VRING_ENABLE` for one ring (pause and resume it; needs
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`).
+    pub fn set_ring_enabled(&mut self, index: usize, on: bool) -> Result<(), VhostError> {
+        self.op("SET_VRING_ENABLE", |f| f.set_vring_enable(index, on))
+    }
+
+    /// `GET_VRING_BASE` for one ring: the backend stops it and says where
+    /// (the next avail index it would have read).
+    pub fn stop_ring(&mut self, index: usize) -> Result<u32, VhostError> {
+        self.op("GET_VRING_BASE", |f| f.get_vring_base(index))
+    }
+
+    /// Hands the backend guest RAM again while the rings run, as QEMU does
+    /// whenever the memory layout changes: `SET_MEM_TABLE` with the same
+    /// region, or `REM_MEM_REG` then `ADD_MEM_REG` of it.
+    pub fn replace_memory(&mut self) -> Result<(), VhostError> {
+        let region = self.region_info();
+        match self.negotiated.memory {
+            MemoryMessage::SetMemTable => {
+                self.op("SET_MEM_TABLE", |f| f.set_mem_table(&[region]).map(drop))
+            }
+            MemoryMessage::AddMemReg => {
+                self.op("REM_MEM_REG", |f| f.remove_mem_region(&region).map(drop))?;
+                self.op("ADD_MEM_REG", |f| f.add_mem_region(&region).map(drop))
+            }
+        }
+    }
+
+    fn region_info(&self) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: self.ram.base().0,
+            memory_size: self.ram.size(),
+            userspace_addr: self.ram.userspace_addr(),
+            mmap_offset: self.ram.mmap_offset(),
+            mmap_handle: self.ram.file().as_raw_fd(),
+        }
     }
 
     fn send_memory(&mut self) -> Result<(), VhostError> {
@@ -441,13 +521,7 @@ impl VhostFrontend {
                 )),
             };
         self.negotiated.memory = message;
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: self.ram.base().0,
-            memory_size: self.ram.size(),
-            userspace_addr: self.ram.userspace_addr(),
-            mmap_offset: self.ram.mmap_offset(),
-            mmap_handle: self.ram.file().as_raw_fd(),
-        };
+        let region = self.region_info();
         match message {
             MemoryMessage::SetMemTable => {
                 self.op("SET_MEM_TABLE", |f| f.set_mem_table(&[region]).map(drop))
@@ -462,19 +536,13 @@ impl VhostFrontend {
         }
     }
 
-    fn start_ring(
-        &mut self,
-        index: usize,
-        driver: &GpuDriver,
-        queue: Queue,
-        ends: QueueEnds,
-    ) -> Result<(), VhostError> {
+    /// Where a queue's rings are, in the frontend's address space: where
+    /// guest RAM is mapped here, plus the guest address's offset in it.
+    fn ring_config(&self, driver: &GpuDriver, queue: Queue) -> VringConfigData {
         let q = driver.queue(queue);
         let size = q.size();
-        // Ring addresses are in the frontend's address space: where guest
-        // RAM is mapped here, plus the guest address's offset in it.
         let host = |a: GuestAddress| self.ram.userspace_addr() + (a.0 - self.ram.base().0);
-        let config = VringConfigData {
+        VringConfigData {
             queue_max_size: size,
             queue_size: size,
             flags: 0,
@@ -482,12 +550,25 @@ impl VhostFrontend {
             used_ring_addr: host(q.used_ring()),
             avail_ring_addr: host(q.avail_ring()),
             log_addr: None,
-        };
+        }
+    }
+
+    fn start_ring(
+        &mut self,
+        index: usize,
+        config: VringConfigData,
+        ends: QueueEnds,
+        with_addr: bool,
+    ) -> Result<(), VhostError> {
         let kick = event_fd(ends.kick);
         let call = event_fd(ends.call);
-        self.op("SET_VRING_NUM", |f| f.set_vring_num(index, size))?;
+        self.op("SET_VRING_NUM", |f| {
+            f.set_vring_num(index, config.queue_size)
+        })?;
         self.op("SET_VRING_BASE", |f| f.set_vring_base(index, 0))?;
-        self.op("SET_VRING_ADDR", |f| f.set_vring_addr(index, &config))?;
+        if with_addr {
+            self.op("SET_VRING_ADDR", |f| f.set_vring_addr(index, &config))?;
+        }
         self.op("SET_VRING_KICK", |f| f.set_vring_kick(index, &kick))?;
         self.op("SET_VRING_CALL", |f| f.set_vring_call(index, &call))?;
         Ok(())

@@ -21,6 +21,7 @@ pub(super) async fn run(owner: OwnerRef, mut rx: reactor::Receiver<Done>) {
             }
             o.signal_used(QueueKind::Control);
             o.signal_used(QueueKind::Cursor);
+            o.check_quiesced();
         }
         // A steady stream of completions must not starve intake.
         reactor::yield_now().await;

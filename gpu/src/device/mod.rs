@@ -268,11 +268,28 @@ impl Device {
             .map_err(DeviceError::Queue)
     }
 
-    /// Stops a queue; returns its next avail index (`None`: not started).
-    pub fn stop_queue(&self, kind: QueueKind) -> Result<Option<u16>, DeviceError> {
+    /// Stops a queue: no chain is taken from it any more; the ones already
+    /// taken complete (for at most `drain`), then nothing is written to it.
+    /// Returns its next avail index (`None`: not started).
+    pub fn stop_queue(
+        &self,
+        kind: QueueKind,
+        drain: std::time::Duration,
+    ) -> Result<Option<u16>, DeviceError> {
         let (reply, rx) = mpsc::channel();
         self.owner
-            .send(owner::OwnerCmd::StopQueue { kind, reply })
+            .send(owner::OwnerCmd::StopQueue { kind, drain, reply })
+            .map_err(|_| DeviceError::Stopped)?;
+        rx.recv().map_err(|_| DeviceError::Stopped)
+    }
+
+    /// Waits (at most `timeout`) until every command taken from the queues
+    /// has completed; intake keeps running. True when drained (e.g. before
+    /// the VMM replaces guest memory).
+    pub fn drain(&self, timeout: std::time::Duration) -> Result<bool, DeviceError> {
+        let (reply, rx) = mpsc::channel();
+        self.owner
+            .send(owner::OwnerCmd::Drain { timeout, reply })
             .map_err(|_| DeviceError::Stopped)?;
         rx.recv().map_err(|_| DeviceError::Stopped)
     }

@@ -62,6 +62,10 @@ pub(super) struct Owner {
     pub watch: super::watch::Watch,
     /// Commands routed to shards and not done yet, per context.
     pub routed: std::collections::HashMap<u32, usize>,
+    /// Queues whose intake stopped, waiting for their commands in flight.
+    pub stopping: Vec<(QueueKind, std::sync::mpsc::Sender<Option<u16>>)>,
+    /// `Drain` requests waiting for nothing in flight.
+    pub drains: Vec<std::sync::mpsc::Sender<bool>>,
     /// Commands waiting for their context's in-flight slot, in order.
     pub parked:
         std::collections::HashMap<u32, std::collections::VecDeque<(usize, Box<super::job::Job>)>>,
@@ -77,9 +81,18 @@ pub(super) enum OwnerCmd {
         call: reactor::io::EventFdNotifier,
         reply: std::sync::mpsc::Sender<Result<(), String>>,
     },
+    /// Stop taking chains from a queue, let the ones taken complete (at
+    /// most `drain`), then detach it; answers its next avail index.
     StopQueue {
         kind: QueueKind,
+        drain: std::time::Duration,
         reply: std::sync::mpsc::Sender<Option<u16>>,
+    },
+    /// Answer once nothing taken from any queue is in flight (at most
+    /// `timeout`); `true` when drained. Intake keeps running.
+    Drain {
+        timeout: std::time::Duration,
+        reply: std::sync::mpsc::Sender<bool>,
     },
     Reset(std::sync::mpsc::Sender<()>),
     Stats(std::sync::mpsc::Sender<OwnerStats>),
@@ -120,8 +133,19 @@ pub(super) async fn run(
                 let r = start_queue(&owner, kind, setup, kick, call);
                 let _ = reply.send(r);
             }
-            OwnerCmd::StopQueue { kind, reply } => {
-                let _ = reply.send(owner.borrow_mut().stop_queue(kind));
+            OwnerCmd::StopQueue { kind, drain, reply } => stop_queue(&owner, kind, drain, reply),
+            OwnerCmd::Drain { timeout, reply } => {
+                let drained = owner.borrow().watch.in_flight_on(None) == 0;
+                if drained {
+                    let _ = reply.send(true);
+                } else {
+                    owner.borrow_mut().drains.push(reply);
+                    let o = owner.clone();
+                    reactor::spawn_local_named("drain-deadline", async move {
+                        let _ = reactor::time::sleep(timeout).await;
+                        o.borrow_mut().finish_drains(false);
+                    });
+                }
             }
             OwnerCmd::Reset(reply) => {
                 owner.borrow_mut().reset();
@@ -169,6 +193,36 @@ async fn watchdog(owner: OwnerRef, threshold: std::time::Duration) {
     while timer.wait().await.is_ok() {
         owner.borrow_mut().watch.check(threshold);
     }
+}
+
+/// Stops a queue's intake now; detaches it when the commands taken from it
+/// have completed, or after `drain`, whichever comes first.
+fn stop_queue(
+    owner: &OwnerRef,
+    kind: QueueKind,
+    drain: std::time::Duration,
+    reply: std::sync::mpsc::Sender<Option<u16>>,
+) {
+    let mut o = owner.borrow_mut();
+    let Some(q) = o.queues[kind as usize].as_ref() else {
+        let _ = reply.send(None);
+        return;
+    };
+    q.intake.abort();
+    if o.watch.in_flight_on(Some(kind)) == 0 || drain.is_zero() {
+        let _ = reply.send(o.stop_queue(kind));
+        return;
+    }
+    o.stopping.push((kind, reply));
+    let owner = owner.clone();
+    reactor::spawn_local_named("stop-deadline", async move {
+        let _ = reactor::time::sleep(drain).await;
+        let mut o = owner.borrow_mut();
+        if let Some(i) = o.stopping.iter().position(|(k, _)| *k == kind) {
+            let (_, reply) = o.stopping.remove(i);
+            let _ = reply.send(o.stop_queue(kind));
+        }
+    });
 }
 
 fn start_queue(
@@ -233,21 +287,58 @@ impl Owner {
             released: Vec::new(),
             watch: super::watch::Watch::default(),
             routed: Default::default(),
+            stopping: Vec::new(),
+            drains: Vec::new(),
             parked: Default::default(),
             shared,
         }
     }
 
-    /// Stops intake; returns the next avail index (GET_VRING_BASE).
+    /// Detaches a queue at once; returns its next avail index. Completions
+    /// of commands still in flight on it are dropped from then on.
     fn stop_queue(&mut self, kind: QueueKind) -> Option<u16> {
         let q = self.queues[kind as usize].take()?;
         q.intake.abort();
+        let left = self.watch.in_flight_on(Some(kind));
+        if left > 0 {
+            tracing::error!(queue = ?kind, commands = left, "queue stopped with commands in flight; their completions are dropped");
+        }
         Some(q.queue.next_avail())
+    }
+
+    /// Called after completions: finishes stops and drains that were
+    /// waiting for their commands.
+    pub(super) fn check_quiesced(&mut self) {
+        let waiting = std::mem::take(&mut self.stopping);
+        for (kind, reply) in waiting {
+            if self.watch.in_flight_on(Some(kind)) == 0 {
+                let _ = reply.send(self.stop_queue(kind));
+            } else {
+                self.stopping.push((kind, reply));
+            }
+        }
+        if !self.drains.is_empty() && self.watch.in_flight_on(None) == 0 {
+            self.finish_drains(true);
+        }
+    }
+
+    fn finish_drains(&mut self, drained: bool) {
+        for reply in self.drains.drain(..) {
+            let _ = reply.send(drained);
+        }
     }
 
     /// Device reset: forget everything the guest created; completions of
     /// commands still in flight are dropped (their generation is stale).
     fn reset(&mut self) {
+        for (kind, reply) in std::mem::take(&mut self.stopping) {
+            let _ = reply.send(
+                self.queues[kind as usize]
+                    .as_ref()
+                    .map(|q| q.queue.next_avail()),
+            );
+        }
+        self.finish_drains(false);
         self.stop_queue(QueueKind::Control);
         self.stop_queue(QueueKind::Cursor);
         self.generation += 1;

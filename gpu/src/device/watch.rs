@@ -116,6 +116,15 @@ impl Watch {
         self.inflight.clear();
     }
 
+    /// Commands popped from `queue` (or any queue) whose used element is
+    /// not written yet.
+    pub fn in_flight_on(&self, queue: Option<QueueKind>) -> usize {
+        match queue {
+            None => self.inflight.len(),
+            Some(q) => self.inflight.keys().filter(|(k, _)| *k == q as u8).count(),
+        }
+    }
+
     #[cfg(test)]
     fn in_flight(&self) -> usize {
         self.inflight.len()

@@ -14,7 +14,7 @@ use std::fmt;
 use std::mem;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserInflight, VhostUserMemory, VhostUserMemoryRegion, VhostUserMsgValidator,
@@ -29,12 +29,11 @@ use super::inflight::{self, InflightBuffer};
 use super::memory::{MemoryTable, RegionInfo, MAX_REGIONS};
 use super::vring::{queue_kind, RingAddrs, Vring, NUM_QUEUES};
 use super::Backend;
-use crate::device::{DeviceError, QueueKind, VIRTIO_RING_F_EVENT_IDX};
+use crate::device::{DeviceError, VIRTIO_RING_F_EVENT_IDX};
 
 /// Longest wait for commands in flight before a ring stops or the memory
 /// table changes (a stalled GPU context must not hang the frontend).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-const DRAIN_POLL: Duration = Duration::from_millis(1);
 
 /// `SET_VRING_KICK/CALL/ERR` payload: bits 0..=7 index, bit 8 "no fd".
 const VRING_INDEX_MASK: u64 = 0xff;
@@ -626,67 +625,44 @@ impl<'a> Session<'a> {
 
     /// Stops ring `i` if it runs; returns its next avail index.
     ///
-    /// Commands already taken from the ring complete first (bounded by
-    /// [`DRAIN_TIMEOUT`]): the device drops completions for a stopped ring,
-    /// so a command still in flight at the stop would never reach the used
-    /// ring, and the index returned would count a chain the guest never
-    /// gets back. After the stop nothing is written to the ring.
+    /// The device stops taking chains at once and lets the ones it took
+    /// complete (bounded by [`DRAIN_TIMEOUT`]) before it detaches the ring:
+    /// the index returned then counts only chains the guest gets back, and
+    /// nothing is written to the ring afterwards.
     fn stop(&mut self, i: usize) -> Result<u16, Fault> {
         if !self.vrings[i].started {
             return Ok(self.vrings[i].base);
         }
         let kind = queue_kind(i as u32).ok_or_else(|| fatal(format!("ring {i}")))?;
-        // Cursor commands complete as they are taken; only the control
-        // ring has commands on the shards.
-        let control = kind == QueueKind::Control;
-        if control {
-            self.drain_in_flight("stopping the control ring")?;
-        }
         self.vrings[i].started = false;
-        if let Some(base) = self.backend.device.stop_queue(kind).map_err(device_fault)? {
+        if let Some(base) = self
+            .backend
+            .device
+            .stop_queue(kind, DRAIN_TIMEOUT)
+            .map_err(device_fault)?
+        {
             self.vrings[i].base = base;
-        }
-        let left = if control { self.in_flight()? } else { 0 };
-        if left > 0 {
-            tracing::error!(
-                ring = i,
-                commands = left,
-                "ring stopped with commands in flight; their completions are dropped"
-            );
         }
         Ok(self.vrings[i].base)
     }
 
-    /// Commands taken from the rings and not yet on a used ring (fenced
-    /// ones waiting for release included).
-    fn in_flight(&self) -> Result<u64, Fault> {
-        let s = self.backend.device.stats().map_err(device_fault)?;
-        Ok(s.in_flight + s.fences_pending)
-    }
-
-    /// Waits until every command taken from a running ring is on its used
-    /// ring, at most [`DRAIN_TIMEOUT`]. The device has no "queue drained"
-    /// event, so this polls its counters; it runs on the control thread,
-    /// only while a frontend stops rings or replaces memory.
+    /// Waits until every command taken from a running ring has completed,
+    /// at most [`DRAIN_TIMEOUT`] (before guest memory is replaced).
     fn drain_in_flight(&self, why: &str) -> Result<(), Fault> {
         if !self.vrings.iter().any(|v| v.started) {
             return Ok(());
         }
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let n = self.in_flight()?;
-            if n == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    commands = n,
-                    "{why}: commands still in flight after {DRAIN_TIMEOUT:?}; going on without them"
-                );
-                return Ok(());
-            }
-            std::thread::sleep(DRAIN_POLL);
+        if !self
+            .backend
+            .device
+            .drain(DRAIN_TIMEOUT)
+            .map_err(device_fault)?
+        {
+            tracing::warn!(
+                "{why}: commands still in flight after {DRAIN_TIMEOUT:?}; going on without them"
+            );
         }
+        Ok(())
     }
 
     fn stop_if_started(&mut self, i: usize) -> Result<(), Fault> {

@@ -143,9 +143,10 @@ impl Connection {
             }
             GpuMessage::GetDisplayInfo => {
                 let body = gpu_wire::display_info_payload(&self.display.modes());
-                self.reply(GpuBackendReq::GET_DISPLAY_INFO, &body)?;
+                // Counted before the reply leaves: whoever sees the answer
+                // also sees the count.
                 self.display.answered_display_info();
-                return Ok(());
+                return self.reply(GpuBackendReq::GET_DISPLAY_INFO, &body);
             }
             GpuMessage::GetEdid { scanout_id } => {
                 let edid = self.display.edid(scanout_id);
@@ -153,9 +154,8 @@ impl Connection {
                     self.display.error();
                 }
                 let body = gpu_wire::edid_payload(edid.as_ref().map(|e| &e[..]).map_err(|c| *c));
-                self.reply(GpuBackendReq::GET_EDID, &body)?;
                 self.display.answered_edid();
-                return Ok(());
+                return self.reply(GpuBackendReq::GET_EDID, &body);
             }
             GpuMessage::Scanout {
                 scanout_id,

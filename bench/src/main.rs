@@ -5,11 +5,22 @@
 //!   io_uring ([`reactor_bench`]).
 //! * `device` — commands/s through the device for 1/4/16 contexts on 1 and 2
 //!   shards ([`device_bench`]).
+//! * `run` — the loadgen scenario matrix plus the micro-benchmarks, one
+//!   history line per case ([`matrix`], [`history`]).
+//! * `dashboard` — a static HTML page of the history ([`dashboard`]).
+//! * `peers` — loadgen against every peer backend found ([`peers`]).
+//! * `ab` — the regression gate: REV and HEAD interleaved, ratios with
+//!   confidence intervals ([`ab`]).
 //!
 //! To add a subcommand: add a variant to [`Command`] with its own `Args`
 //! struct, a module, and an arm in [`Command::run`].
 
+mod ab;
+mod dashboard;
 mod device_bench;
+mod history;
+mod matrix;
+mod peers;
 mod reactor_bench;
 
 use std::path::PathBuf;
@@ -31,6 +42,20 @@ enum Command {
     Reactor(ReactorArgs),
     /// Commands per second through the device, 1/4/16 contexts on 1 and 2 shards.
     Device(DeviceArgs),
+    /// The loadgen matrix (embedded gpu-reactor) and the micro-benchmarks;
+    /// one JSON line per case appended to the history.
+    Run(RunArgs),
+    /// A static HTML page (inline SVG charts) of the history.
+    Dashboard(DashboardArgs),
+    /// loadgen's 2d (and 3d) profile against every backend found, side by side.
+    Peers(PeersArgs),
+    /// Regression gate: builds REV in a git worktree and HEAD, runs their
+    /// loadgen interleaved, reports HEAD/REV ratios; exit 1 on a regression.
+    Ab(AbArgs),
+    /// One loadgen case in this process, JSON report on stdout (the
+    /// loadgen CLI's flags that `bench ab` uses; for tests of the gate).
+    #[command(hide = true)]
+    Loadgen(LoadgenArgs),
 }
 
 impl Command {
@@ -38,6 +63,11 @@ impl Command {
         match self {
             Command::Reactor(args) => run_reactor(args),
             Command::Device(args) => run_device(args),
+            Command::Run(args) => run_matrix(args),
+            Command::Dashboard(args) => run_dashboard(args),
+            Command::Peers(args) => run_peers(args),
+            Command::Ab(args) => run_ab(args),
+            Command::Loadgen(args) => run_loadgen(args),
         }
     }
 }
@@ -132,6 +162,213 @@ fn run_device(args: DeviceArgs) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if v > 0.0 && v < 3600.0 {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{s}: out of range (0, 3600) s"))
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Reduced matrix, short cases, small micro-benchmarks (under 2 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// History file to append to.
+    #[arg(long, default_value = history::DEFAULT_PATH)]
+    history: PathBuf,
+    /// Seconds per loadgen case (default 1.5 with --quick, else 4).
+    #[arg(long, value_parser = seconds)]
+    duration: Option<std::time::Duration>,
+    /// Only the loadgen cases whose name (e.g. `3d/ring/16/none`) contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Leave out the reactor and device micro-benchmarks.
+    #[arg(long)]
+    no_micro: bool,
+}
+
+fn run_matrix(args: RunArgs) -> Result<(), String> {
+    let opts = matrix::Options {
+        quick: args.quick,
+        duration: args
+            .duration
+            .unwrap_or(std::time::Duration::from_secs_f64(if args.quick {
+                1.5
+            } else {
+                4.0
+            })),
+        filter: args.filter,
+        micro: !args.no_micro,
+        shards: default_shards(),
+    };
+    let started = std::time::Instant::now();
+    let out = matrix::run(
+        &opts,
+        |recs| history::append(&args.history, recs),
+        |l| eprintln!("bench run: {l}"),
+    )?;
+    eprintln!(
+        "bench run: {} lines appended to {} in {:.0} s",
+        out.records.len(),
+        args.history.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if out.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} cases failed:\n  {}",
+            out.failed.len(),
+            out.failed.join("\n  ")
+        ))
+    }
+}
+
+#[derive(Debug, Args)]
+struct DashboardArgs {
+    /// History file to read.
+    #[arg(long, default_value = history::DEFAULT_PATH)]
+    history: PathBuf,
+    /// Directory to write index.html into.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn run_dashboard(args: DashboardArgs) -> Result<(), String> {
+    let path = dashboard::write(&args.history, &args.out)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+struct PeersArgs {
+    /// Seconds per peer and profile.
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    duration: std::time::Duration,
+    /// Desktops (60 fps each, full-frame 1280x800 flushes in 2d).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=255))]
+    desktops: u16,
+    /// History file the `peers` line is appended to.
+    #[arg(long, default_value = history::DEFAULT_PATH)]
+    history: PathBuf,
+}
+
+fn run_peers(args: PeersArgs) -> Result<(), String> {
+    let opts = peers::Options {
+        desktops: args.desktops as usize,
+        duration: args.duration,
+        shards: default_shards(),
+    };
+    let stamp = history::Stamp::now();
+    let rows = peers::run(&opts, |l| eprintln!("bench peers: {l}"));
+    print!("{}", peers::render_table(&rows));
+    history::append(&args.history, &[peers::record(&stamp, &opts, rows)])
+}
+
+#[derive(Debug, Args)]
+struct AbArgs {
+    /// The revision to compare HEAD (the working tree) against.
+    #[arg(long)]
+    baseline: String,
+    /// Interleaved rounds (REV, HEAD per case each round).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=50))]
+    rounds: u32,
+    /// Seconds per loadgen run.
+    #[arg(long, default_value = "3", value_parser = seconds)]
+    duration: std::time::Duration,
+    /// Relative change a metric must exceed, with 95% confidence, to fail.
+    #[arg(long, default_value_t = 0.10)]
+    threshold: f64,
+    /// Run this command (whitespace-separated) as the baseline instead of
+    /// building REV; needs --head-cmd too.
+    #[arg(long, hide = true, requires = "head_cmd")]
+    baseline_cmd: Option<String>,
+    /// Run this command as HEAD instead of building the working tree.
+    #[arg(long, hide = true, requires = "baseline_cmd")]
+    head_cmd: Option<String>,
+}
+
+fn run_ab(args: AbArgs) -> Result<(), String> {
+    let split = |s: &Option<String>| {
+        s.as_ref()
+            .map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    };
+    let opts = ab::Options {
+        baseline: args.baseline.clone(),
+        rounds: args.rounds as usize,
+        duration_s: args.duration.as_secs_f64(),
+        threshold: args.threshold,
+        baseline_cmd: split(&args.baseline_cmd),
+        head_cmd: split(&args.head_cmd),
+    };
+    let rows = ab::run(&opts, |l| eprintln!("bench ab: {l}"))?;
+    print!("{}", ab::render_table(&rows, &args.baseline));
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| r.regressed)
+        .map(|r| format!("{} {}", r.case, r.metric))
+        .collect();
+    if bad.is_empty() {
+        println!(
+            "no regression beyond {:.0}% with 95% confidence",
+            args.threshold * 100.0
+        );
+        Ok(())
+    } else {
+        Err(format!("regression: {}", bad.join(", ")))
+    }
+}
+
+#[derive(Debug, Args)]
+struct LoadgenArgs {
+    #[arg(long, default_value_t = 16)]
+    desktops: usize,
+    #[arg(long, default_value = "3d")]
+    profile: loadgen::scenario::Profile,
+    #[arg(long, default_value = "ring")]
+    fence_mode: loadgen::scenario::FenceMode,
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    duration: std::time::Duration,
+    /// Modelled GPU time per submit, µs.
+    #[arg(long, default_value_t = 2000)]
+    gpu_cost_us: u32,
+    /// Only `-` (stdout) is supported.
+    #[arg(long, default_value = "-")]
+    json: String,
+}
+
+fn run_loadgen(args: LoadgenArgs) -> Result<(), String> {
+    if args.json != "-" {
+        return Err("bench loadgen writes its JSON to stdout only (--json -)".into());
+    }
+    let case = matrix::Case {
+        desktops: args.desktops,
+        profile: args.profile,
+        fence_mode: args.fence_mode,
+        scenario: loadgen::scenario::Scenario::None,
+    };
+    let plan = loadgen::scenario::Plan {
+        gpu_cost_us: args.gpu_cost_us,
+        ..case.plan(args.duration)
+    };
+    let report = matrix::run_plan(&plan, default_shards())?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 

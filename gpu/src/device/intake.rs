@@ -319,10 +319,12 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
             shard(s)
         }
         GpuCommand::ResourceCreate3d(c) => {
+            // virtio-gpu formats are numbered as virgl's: a 3D resource in
+            // one of them can be scanned out (the guest's framebuffer).
             let shape = Shape::Image {
                 width: c.width,
                 height: c.height,
-                format: None,
+                format: Format::from_wire(c.format).ok(),
             };
             let bytes = image_bytes(c.width, c.height, c.depth, c.array_size);
             let home = if ctx != 0 { ctx_home(o).ok() } else { None };

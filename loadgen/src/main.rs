@@ -51,6 +51,15 @@ struct Args {
     /// embedded gpu-reactor (ours, vhost-device-gpu, QEMU's vhost-user-gpu).
     #[arg(long, value_name = "PATH")]
     socket: Option<std::path::PathBuf>,
+    /// vhost-user: do not negotiate REPLY_ACK (no request waits for the
+    /// backend's ack, as a frontend without it behaves).
+    #[arg(long)]
+    no_reply_ack: bool,
+    /// vhost-user: how guest memory is handed over: auto (ADD_MEM_REG when
+    /// the backend has CONFIGURE_MEM_SLOTS, as QEMU 10), set-mem-table,
+    /// add-mem-reg.
+    #[arg(long, default_value = "auto", value_parser = parse_mem_table)]
+    mem_table: loadgen::frontend::vhost::MemTableMode,
     /// Drive the embedded device directly, without vhost-user (measures the
     /// device alone).
     #[arg(long, conflicts_with = "socket")]
@@ -67,6 +76,18 @@ struct Args {
     /// Write the JSON report to PATH, or `-` for stdout.
     #[arg(long)]
     json: Option<String>,
+}
+
+fn parse_mem_table(s: &str) -> Result<loadgen::frontend::vhost::MemTableMode, String> {
+    use loadgen::frontend::vhost::MemTableMode;
+    match s {
+        "auto" => Ok(MemTableMode::Auto),
+        "set-mem-table" => Ok(MemTableMode::SetMemTable),
+        "add-mem-reg" => Ok(MemTableMode::AddMemReg),
+        _ => Err(format!(
+            "unknown memory message '{s}' (auto, set-mem-table, add-mem-reg)"
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -103,6 +124,8 @@ fn main() -> ExitCode {
         gpu_cost_us: args.gpu_cost_us,
         full_damage: args.full_damage.unwrap_or(args.profile == Profile::TwoD),
         tile: args.damage_px,
+        no_reply_ack: args.no_reply_ack,
+        mem_table: args.mem_table,
         ..Plan::default()
     };
     let shards = args

@@ -85,6 +85,8 @@ fn vhost_options(plan: &Plan) -> VhostOptions {
     });
     let mut opts = VhostOptions {
         gpu_features,
+        no_reply_ack: plan.no_reply_ack,
+        mem_table: plan.mem_table,
         ..VhostOptions::default()
     };
     opts.display.scanouts = plan.scanouts.clamp(1, 16);

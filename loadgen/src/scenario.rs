@@ -166,6 +166,10 @@ pub struct Plan {
     pub blob_every: u64,
     /// Scanouts the backend offers (desktop i shows on scanout i).
     pub scanouts: u32,
+    /// vhost-user frontend behaviour: do not negotiate REPLY_ACK.
+    pub no_reply_ack: bool,
+    /// vhost-user frontend behaviour: which memory message to send.
+    pub mem_table: crate::frontend::vhost::MemTableMode,
 }
 
 impl Default for Plan {
@@ -184,6 +188,8 @@ impl Default for Plan {
             tile: 256,
             blob_every: 60,
             scanouts: 16,
+            no_reply_ack: false,
+            mem_table: crate::frontend::vhost::MemTableMode::Auto,
         }
     }
 }

@@ -87,3 +87,32 @@ fn direct_and_socket_cannot_be_combined() {
     assert_eq!(code, 2);
     assert!(err.contains("--direct"), "{err}");
 }
+
+#[test]
+fn unknown_memory_message_is_refused_with_the_choices() {
+    let (code, _, err) = loadgen(&["--mem-table", "mmap-it"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("set-mem-table") && err.contains("add-mem-reg"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_reply_ack_and_with_set_mem_table_a_run_completes() {
+    let (code, out, err) = loadgen(&[
+        "--no-reply-ack",
+        "--mem-table",
+        "set-mem-table",
+        "--desktops",
+        "1",
+        "--duration",
+        "300ms",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["fences_lost"], 0);
+    assert!(v["fences"].as_u64().unwrap() > 0);
+}

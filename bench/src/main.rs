@@ -348,11 +348,25 @@ struct LoadgenArgs {
     /// Only `-` (stdout) is supported.
     #[arg(long, default_value = "-")]
     json: String,
+    /// Print a canned report with this fence latency instead of running
+    /// (tests of the gate's arithmetic, which must not depend on timing).
+    #[arg(long, hide = true)]
+    fake_latency_us: Option<u64>,
 }
 
 fn run_loadgen(args: LoadgenArgs) -> Result<(), String> {
     if args.json != "-" {
         return Err("bench loadgen writes its JSON to stdout only (--json -)".into());
+    }
+    if let Some(l) = args.fake_latency_us {
+        let canned = serde_json::json!({
+            "commands_per_s": 4000.0,
+            "frames_per_s": 960.0,
+            "fence_latency_us": {"p50": l, "p99": l * 3 / 2},
+            "fence_overhead_us": {"p50": l / 10, "p99": l / 5},
+        });
+        println!("{canned}");
+        return Ok(());
     }
     let case = matrix::Case {
         desktops: args.desktops,

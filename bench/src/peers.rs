@@ -438,6 +438,7 @@ mod tests {
             max_stall_ms: 0.0,
             stalls_over_50ms: 0,
             frames_delivered: 0,
+            frames_merged: 0,
             pixels_bad: 0,
             isolation: None,
             per_desktop: Vec::new(),

@@ -15,10 +15,64 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::driver::{Completion, GpuDriver, GpuDriverError, Queue};
 use crate::pixels;
 use crate::report;
-use crate::scenario::{FenceMode, Plan, Profile, Scenario};
+use crate::scenario::{FenceMode, Plan, Profile, RenderMode, Scenario};
 
 /// Modelled GPU time of a stressed desktop's submits (heavy-context).
 const HEAVY_GPU_US: u32 = 50_000;
+/// Clears per frame of a stressed desktop in real rendering (each a full
+/// render-target clear on llvmpipe).
+const HEAVY_CLEARS: usize = 200;
+/// `PIPE_TEXTURE_2D`, `PIPE_BIND_RENDER_TARGET`, `PIPE_BIND_SAMPLER_VIEW`.
+const PIPE_TEXTURE_2D: u32 = 2;
+const BIND_RENDER_TARGET: u32 = 1 << 1;
+const BIND_SAMPLER_VIEW: u32 = 1 << 3;
+
+/// A virgl command stream that clears the render target `fb` `clears` times
+/// in `colour` (its bytes as R8G8B8A8, so the display check reads it back
+/// exactly as `pixels::colour` wrote it).
+fn real_frame(fb: u32, colour: u32, clears: usize) -> Vec<u8> {
+    let [r, g, b, a] = colour.to_le_bytes().map(|c| f32::from(c) / 255.0);
+    let one = virgl_clear(fb, [r, g, b, a]);
+    one.repeat(clears)
+}
+
+/// The 19-dword clear: a surface on `res`, bound as the colour buffer,
+/// cleared to `rgba` (same stream as `gpu::render::virgl::clear_stream`,
+/// written here so loadgen builds without the virgl library).
+fn virgl_clear(res: u32, rgba: [f32; 4]) -> Vec<u8> {
+    const CREATE_OBJECT: u32 = 1;
+    const SET_FRAMEBUFFER_STATE: u32 = 5;
+    const CLEAR: u32 = 7;
+    const OBJECT_SURFACE: u32 = 8;
+    const PIPE_CLEAR_COLOR0: u32 = 1 << 2;
+    let hdr = |cmd: u32, obj: u32, len: u32| cmd | (obj << 8) | (len << 16);
+    let depth = 1.0f64.to_bits();
+    [
+        hdr(CREATE_OBJECT, OBJECT_SURFACE, 5),
+        1,
+        res,
+        Format::R8G8B8A8Unorm.to_wire(),
+        0,
+        0,
+        hdr(SET_FRAMEBUFFER_STATE, 0, 3),
+        1,
+        0,
+        1,
+        hdr(CLEAR, 0, 8),
+        PIPE_CLEAR_COLOR0,
+        rgba[0].to_bits(),
+        rgba[1].to_bits(),
+        rgba[2].to_bits(),
+        rgba[3].to_bits(),
+        depth as u32,
+        (depth >> 32) as u32,
+        0,
+    ]
+    .iter()
+    .flat_map(|w| w.to_le_bytes())
+    .collect()
+}
+
 /// Size of one blob of the blob lifecycle.
 const BLOB_SIZE: u64 = 1 << 20;
 
@@ -293,17 +347,43 @@ impl Desktop {
                 .with_ctx(self.ctx),
             );
         }
-        let mut create = Request::new(GpuCommand::ResourceCreate2d(ResourceCreate2d {
-            resource_id: ResourceId(self.fb),
-            format: Format::B8G8R8X8Unorm,
-            width: plan.width,
-            height: plan.height,
-        }));
+        let real = plan.profile == Profile::ThreeD && plan.render == RenderMode::Real;
+        let mut create = if real {
+            // A render target the context draws into with virgl.
+            Request::new(GpuCommand::ResourceCreate3d(ResourceCreate3d {
+                resource_id: ResourceId(self.fb),
+                target: PIPE_TEXTURE_2D,
+                format: Format::R8G8B8A8Unorm.to_wire(),
+                bind: BIND_RENDER_TARGET | BIND_SAMPLER_VIEW,
+                width: plan.width,
+                height: plan.height,
+                depth: 1,
+                array_size: 1,
+                last_level: 0,
+                nr_samples: 0,
+                flags: 0,
+            }))
+        } else {
+            Request::new(GpuCommand::ResourceCreate2d(ResourceCreate2d {
+                resource_id: ResourceId(self.fb),
+                format: Format::B8G8R8X8Unorm,
+                width: plan.width,
+                height: plan.height,
+            }))
+        };
         if plan.profile == Profile::ThreeD {
             // Created by the desktop's context, so it lives on its shard.
             create = create.with_ctx(self.ctx);
         }
         reqs.push(create);
+        if real {
+            reqs.push(
+                Request::new(GpuCommand::CtxAttachResource(ResourceRef {
+                    resource_id: ResourceId(self.fb),
+                }))
+                .with_ctx(self.ctx),
+            );
+        }
         reqs.push(Request::new(GpuCommand::ResourceAttachBacking(
             ResourceAttachBacking {
                 resource_id: ResourceId(self.fb),
@@ -402,8 +482,20 @@ impl Desktop {
             } else {
                 plan.gpu_cost_us
             };
-            gpu = Duration::from_micros(u64::from(cost));
-            let data = sim_submit_fill(cost, hang, self.fb, rect, colour);
+            let data = if plan.render == RenderMode::Real {
+                // Really drawn (llvmpipe): no modelled time; the stressed
+                // desktop's "hang" and "heavy" are a very expensive stream.
+                let expensive = stressed
+                    && matches!(
+                        plan.scenario,
+                        Scenario::StalledContext | Scenario::HeavyContext
+                    );
+                real_frame(self.fb, colour, if expensive { HEAVY_CLEARS } else { 1 })
+            } else {
+                gpu = Duration::from_micros(u64::from(cost));
+                sim_submit_fill(cost, hang, self.fb, rect, colour)
+            };
+            let hang = hang && plan.render == RenderMode::Sim;
             let submit = Request::new(GpuCommand::Submit3d(Submit3d { data })).with_ctx(self.ctx);
             let submit = self.fence(sh, submit);
             self.put(
@@ -644,10 +736,15 @@ fn frame_period(plan: &Plan) -> Duration {
     }
 }
 
-/// The capset a 3d desktop asks for: the sim's when offered, else none.
-pub fn pick_capset(capsets: &[u32]) -> u8 {
-    if capsets.contains(&SIM_CAPSET_ID) {
-        SIM_CAPSET_ID as u8
+/// The capset a 3d desktop asks for: VIRGL2 for real rendering, else the
+/// sim's, when offered; else none.
+pub fn pick_capset(capsets: &[u32], render: RenderMode) -> u8 {
+    let want = match render {
+        RenderMode::Real => gpu::protocol::wire::VIRTIO_GPU_CAPSET_VIRGL2,
+        RenderMode::Sim => SIM_CAPSET_ID,
+    };
+    if capsets.contains(&want) {
+        want as u8
     } else {
         0
     }

@@ -38,6 +38,14 @@ struct Args {
     /// Frames per second per desktop (0 = unthrottled).
     #[arg(long, default_value_t = 60)]
     fps: u32,
+    /// The embedded backend's renderer: sim, 2d or virgl (virgl needs a
+    /// loadgen built with `--features virgl`).
+    #[arg(long, default_value = "sim")]
+    renderer: loadgen::scenario::RendererKind,
+    /// What 3d desktops submit: `sim` command buffers (modelled GPU time) or
+    /// `real` virgl streams (with --renderer virgl).
+    #[arg(long, default_value = "sim")]
+    render: loadgen::scenario::RenderMode,
     /// Modelled GPU time per submit, in µs (sim renderer).
     #[arg(long, default_value_t = 2000)]
     gpu_cost_us: u32,
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
         full_damage: args.full_damage.unwrap_or(args.profile == Profile::TwoD),
         tile: args.damage_px,
         no_reply_ack: args.no_reply_ack,
+        renderer: args.renderer,
+        render: args.render,
         mem_table: args.mem_table,
         ..Plan::default()
     };

@@ -86,6 +86,9 @@ pub struct Report {
     pub max_stall_ms: f64,
     pub stalls_over_50ms: u64,
     pub frames_delivered: u64,
+    /// Frames the backend superseded with a newer one for the same scanout
+    /// before the display read them (known for the embedded gpu-reactor).
+    pub frames_merged: u64,
     pub pixels_bad: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,

@@ -20,7 +20,7 @@ use crate::frontend::vhost::{PixelCheck, UpdateView, VhostError, VhostFrontend, 
 use crate::frontend::GuestRam;
 use crate::pixels;
 use crate::report::{self, DesktopReport, Isolation, Report};
-use crate::scenario::{FenceMode, Plan, Profile, Scenario};
+use crate::scenario::{FenceMode, Plan, Profile, RenderMode, RendererKind, Scenario};
 
 /// Where the backend runs.
 pub enum Backend {
@@ -130,6 +130,12 @@ impl Backend {
     /// Starts gpu-reactor's vhost-user backend in this process and connects
     /// to it over a socketpair: the same protocol as with QEMU.
     pub fn embedded(plan: &Plan, shards: usize) -> Result<(Backend, GpuDriver), StartError> {
+        let renderer = renderer_factory(plan.renderer)?;
+        if plan.render == RenderMode::Real && plan.renderer != RendererKind::Virgl {
+            return Err(StartError::Unsupported(
+                "--render real submits virgl command streams: it needs --renderer virgl".into(),
+            ));
+        }
         let backend = Arc::new(
             gpu::vhost::Backend::start(gpu::vhost::BackendOptions {
                 shards,
@@ -140,6 +146,7 @@ impl Backend {
                     ..DeviceConfig::default()
                 },
                 host_visible_region: (plan.desktops as u64 + 1) << 20,
+                renderer,
                 ..gpu::vhost::BackendOptions::default()
             })
             .map_err(StartError::Io)?,
@@ -227,6 +234,27 @@ impl Backend {
         }
     }
 
+    /// The virtio features in use (what the guest driver acked).
+    fn features(&self) -> u64 {
+        match self {
+            Backend::Direct { backend, .. } => backend.device.device_features(),
+            Backend::Vhost { frontend, .. } => frontend
+                .borrow()
+                .as_ref()
+                .map_or(0, |f| f.negotiated().acked),
+        }
+    }
+
+    /// Frames the embedded backend merged into newer ones (0 otherwise).
+    fn frames_merged(&self) -> u64 {
+        match self {
+            Backend::Vhost {
+                embedded: Some(e), ..
+            } => e.backend.display().stats().updates_replaced,
+            _ => 0,
+        }
+    }
+
     /// Err when the backend is gone (its control socket closed).
     fn check_alive(&self) -> Result<(), String> {
         match self {
@@ -290,6 +318,25 @@ impl Backend {
     }
 }
 
+/// The embedded backend's renderer.
+fn renderer_factory(
+    kind: RendererKind,
+) -> Result<Arc<dyn gpu::render::RendererFactory>, StartError> {
+    match kind {
+        RendererKind::Sim => Ok(Arc::new(gpu::render::sim::SimFactory::default())),
+        RendererKind::TwoD => Ok(Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory)),
+        #[cfg(feature = "virgl")]
+        RendererKind::Virgl => gpu::render::virgl::VirglFactory::new()
+            .map(|f| Arc::new(f) as Arc<dyn gpu::render::RendererFactory>)
+            .map_err(StartError::Unsupported),
+        #[cfg(not(feature = "virgl"))]
+        RendererKind::Virgl => Err(StartError::Unsupported(
+            "this loadgen was built without the virgl renderer: build with `--features virgl`"
+                .into(),
+        )),
+    }
+}
+
 /// The capsets the backend offers (GET_CAPSET_INFO until it says no).
 fn query_capsets(driver: &mut GpuDriver) -> Vec<u32> {
     let mut ids = Vec::new();
@@ -333,9 +380,12 @@ pub fn run(
     mut driver: GpuDriver,
     progress: Progress<'_>,
 ) -> Report {
-    // Desktops beyond the backend's scanouts render off screen.
+    // Desktops beyond the backend's scanouts render off screen; without
+    // RESOURCE_BLOB there is no blob lifecycle.
+    let blobs = backend.features() & (1 << gpu::protocol::wire::VIRTIO_GPU_F_RESOURCE_BLOB) != 0;
     let plan = &Plan {
         scanouts: query_scanouts(&mut driver).map_or(plan.scanouts, |n| n.min(plan.scanouts)),
+        blob_every: if blobs { plan.blob_every } else { 0 },
         ..plan.clone()
     };
     let start = Instant::now();
@@ -348,7 +398,7 @@ pub fn run(
         .map(|i| Desktop::new(i, plan, start))
         .collect();
     let capset = if plan.profile == Profile::ThreeD {
-        pick_capset(&query_capsets(&mut driver))
+        pick_capset(&query_capsets(&mut driver), plan.render)
     } else {
         0
     };
@@ -533,6 +583,7 @@ fn build_report(
         }
     });
     let (frames_delivered, pixels_bad) = backend.display();
+    let frames_merged = backend.frames_merged();
     let _ = start;
     Report {
         backend: backend.name(),
@@ -554,6 +605,7 @@ fn build_report(
         max_stall_ms: max_stall.as_secs_f64() * 1e3,
         stalls_over_50ms: stalls,
         frames_delivered,
+        frames_merged,
         pixels_bad,
         isolation,
         per_desktop,

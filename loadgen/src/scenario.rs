@@ -143,6 +143,49 @@ impl fmt::Display for FenceMode {
     }
 }
 
+/// What the embedded backend renders with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RendererKind {
+    Sim,
+    TwoD,
+    Virgl,
+}
+
+impl FromStr for RendererKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sim" => Ok(RendererKind::Sim),
+            "2d" => Ok(RendererKind::TwoD),
+            "virgl" => Ok(RendererKind::Virgl),
+            _ => Err(format!("unknown renderer '{s}' (sim, 2d or virgl)")),
+        }
+    }
+}
+
+/// What a 3d desktop submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenderMode {
+    /// Sim command buffers: modelled GPU time, the sim draws the frame.
+    Sim,
+    /// Real virgl command streams (a clear of the desktop's render target
+    /// in the frame's colour), for the virgl renderer.
+    Real,
+}
+
+impl FromStr for RenderMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sim" => Ok(RenderMode::Sim),
+            "real" => Ok(RenderMode::Real),
+            _ => Err(format!("unknown render mode '{s}' (sim or real)")),
+        }
+    }
+}
+
 /// Everything that defines a run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -166,6 +209,10 @@ pub struct Plan {
     pub blob_every: u64,
     /// Scanouts the backend offers (desktop i shows on scanout i).
     pub scanouts: u32,
+    /// The embedded backend's renderer.
+    pub renderer: RendererKind,
+    /// What 3d desktops submit.
+    pub render: RenderMode,
     /// vhost-user frontend behaviour: do not negotiate REPLY_ACK.
     pub no_reply_ack: bool,
     /// vhost-user frontend behaviour: which memory message to send.
@@ -188,6 +235,8 @@ impl Default for Plan {
             tile: 256,
             blob_every: 60,
             scanouts: 16,
+            renderer: RendererKind::Sim,
+            render: RenderMode::Sim,
             no_reply_ack: false,
             mem_table: crate::frontend::vhost::MemTableMode::Auto,
         }

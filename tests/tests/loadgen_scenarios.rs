@@ -99,9 +99,13 @@ fn two_d_profile_on_the_global_timeline() {
 fn over_vhost_user_pixels_reach_the_vmm_display_and_nothing_is_lost() {
     let r = run_vhost(plan(Scenario::None));
     assert_clean(&r);
+    // Every frame reached the VMM's display, or was superseded for its
+    // scanout by a newer one before the VMM read it (latest pixels win).
     assert_eq!(
-        r.frames_delivered, r.frames,
-        "every flushed frame reached the VMM's display"
+        r.frames_delivered + r.frames_merged,
+        r.frames,
+        "{}",
+        r.summary()
     );
 }
 

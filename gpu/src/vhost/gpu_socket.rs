@@ -51,6 +51,9 @@ pub struct DisplayStats {
     pub sent: u64,
     /// Unsent messages a newer one made pointless.
     pub replaced: u64,
+    /// Of those, UPDATEs: frames whose pixels a newer frame superseded
+    /// before the VMM read them (latest pixels win).
+    pub updates_replaced: u64,
     /// Updates dropped: too many bytes pending, no socket, or no mode.
     pub dropped: u64,
     /// Requests the VMM did not answer in time.
@@ -270,6 +273,7 @@ impl DisplaySink for GpuSocketDisplay {
                 return;
             }
         };
+        st.stats.updates_replaced += merged.replaced;
         st.count(merged);
     }
 

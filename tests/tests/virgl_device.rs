@@ -24,7 +24,7 @@ fn call(d: &mut GpuDriver, req: Request) -> (CtrlHeader, Response) {
 }
 
 #[test]
-fn a_virgl_clear_is_fenced_by_the_poll_fd_and_flushed_to_the_display() {
+fn a_virgl_clear_is_fenced_by_the_poll_fd_read_back_by_transfer_from_host_and_flushed() {
     let (b, mut d) = DirectBackend::start(DirectOptions {
         renderer: Arc::new(VirglFactory::new().expect("virgl starts headless")),
         ..DirectOptions::default()
@@ -86,6 +86,48 @@ fn a_virgl_clear_is_fenced_by_the_poll_fd_and_flushed_to_the_display() {
             scanout_id: ScanoutId(0),
             resource_id: ResourceId(5),
         })),
+    );
+    // The guest reads the rendering back into its own pages
+    // (TRANSFER_FROM_HOST_3D into the resource's backing).
+    let len = SIZE * SIZE * 4;
+    let backing = d.ram().alloc(u64::from(len), 4096).unwrap();
+    let (_, r) = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceAttachBacking(ResourceAttachBacking {
+            resource_id: ResourceId(5),
+            entries: vec![MemEntry {
+                addr: backing.0,
+                length: len,
+            }],
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let (_, r) = call(
+        &mut d,
+        Request::new(GpuCommand::TransferFromHost3d(Transfer3d {
+            box3d: Box3d {
+                x: 0,
+                y: 0,
+                z: 0,
+                w: SIZE,
+                h: SIZE,
+                d: 1,
+            },
+            offset: 0,
+            resource_id: ResourceId(5),
+            level: 0,
+            stride: SIZE * 4,
+            layer_stride: 0,
+        }))
+        .with_ctx(ctx)
+        .with_fence(9),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let mut guest = vec![0u8; len as usize];
+    vm_memory::Bytes::read_slice(d.ram().memory(), &mut guest, backing).unwrap();
+    assert!(
+        guest.chunks(4).all(|px| px == [102, 0, 255, 255]),
+        "TRANSFER_FROM_HOST_3D did not bring back the clear colour"
     );
     // The render target is the guest's framebuffer: it can be scanned out.
     assert_eq!(r, Response::OkNodata);

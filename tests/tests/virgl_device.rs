@@ -87,6 +87,8 @@ fn a_virgl_clear_is_fenced_by_the_poll_fd_read_back_by_transfer_from_host_and_fl
             resource_id: ResourceId(5),
         })),
     );
+    // The render target is the guest's framebuffer: it can be scanned out.
+    assert_eq!(r, Response::OkNodata);
     // The guest reads the rendering back into its own pages
     // (TRANSFER_FROM_HOST_3D into the resource's backing).
     let len = SIZE * SIZE * 4;
@@ -129,8 +131,6 @@ fn a_virgl_clear_is_fenced_by_the_poll_fd_read_back_by_transfer_from_host_and_fl
         guest.chunks(4).all(|px| px == [102, 0, 255, 255]),
         "TRANSFER_FROM_HOST_3D did not bring back the clear colour"
     );
-    // The render target is the guest's framebuffer: it can be scanned out.
-    assert_eq!(r, Response::OkNodata);
     let (_, r) = call(
         &mut d,
         Request::new(GpuCommand::ResourceFlush(ResourceFlush {

@@ -32,45 +32,8 @@ const BIND_SAMPLER_VIEW: u32 = 1 << 3;
 /// exactly as `pixels::colour` wrote it).
 fn real_frame(fb: u32, colour: u32, clears: usize) -> Vec<u8> {
     let [r, g, b, a] = colour.to_le_bytes().map(|c| f32::from(c) / 255.0);
-    let one = virgl_clear(fb, [r, g, b, a]);
+    let one = gpu::render::virgl_cmd::clear_stream(fb, [r, g, b, a]);
     one.repeat(clears)
-}
-
-/// The 19-dword clear: a surface on `res`, bound as the colour buffer,
-/// cleared to `rgba` (same stream as `gpu::render::virgl::clear_stream`,
-/// written here so loadgen builds without the virgl library).
-fn virgl_clear(res: u32, rgba: [f32; 4]) -> Vec<u8> {
-    const CREATE_OBJECT: u32 = 1;
-    const SET_FRAMEBUFFER_STATE: u32 = 5;
-    const CLEAR: u32 = 7;
-    const OBJECT_SURFACE: u32 = 8;
-    const PIPE_CLEAR_COLOR0: u32 = 1 << 2;
-    let hdr = |cmd: u32, obj: u32, len: u32| cmd | (obj << 8) | (len << 16);
-    let depth = 1.0f64.to_bits();
-    [
-        hdr(CREATE_OBJECT, OBJECT_SURFACE, 5),
-        1,
-        res,
-        Format::R8G8B8A8Unorm.to_wire(),
-        0,
-        0,
-        hdr(SET_FRAMEBUFFER_STATE, 0, 3),
-        1,
-        0,
-        1,
-        hdr(CLEAR, 0, 8),
-        PIPE_CLEAR_COLOR0,
-        rgba[0].to_bits(),
-        rgba[1].to_bits(),
-        rgba[2].to_bits(),
-        rgba[3].to_bits(),
-        depth as u32,
-        (depth >> 32) as u32,
-        0,
-    ]
-    .iter()
-    .flat_map(|w| w.to_le_bytes())
-    .collect()
 }
 
 /// Size of one blob of the blob lifecycle.

@@ -9,6 +9,7 @@ pub mod rutabaga2d;
 pub mod sim;
 #[cfg(feature = "virgl")]
 pub mod virgl;
+pub mod virgl_cmd;
 
 use std::future::Future;
 use std::os::fd::OwnedFd;

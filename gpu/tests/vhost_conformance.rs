@@ -6,10 +6,9 @@
 #[path = "vhost_support.rs"]
 mod support;
 
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -560,34 +559,6 @@ fn loadgen_reads_the_config_the_backend_reports() {
 
 // ---- broken frontends -----------------------------------------------------
 
-/// Every log line of this test binary, for asserting on.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(move || LogWriter(sink.clone()))
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn server() -> (
     Arc<Backend>,
     std::path::PathBuf,
@@ -608,7 +579,7 @@ fn server() -> (
 
 #[test]
 fn each_broken_frontend_gets_one_log_line_and_a_close_and_the_next_is_served() {
-    let logs = logs();
+    let logs = support::logs();
     let (_backend, path, stop, t) = server();
     let ram = guest_ram();
     let region = VhostUserSingleMemoryRegion::new(

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,34 +28,6 @@ const SCANOUT: u32 = 7;
 const UPDATE: u32 = 8;
 const GET_EDID: u32 = 11;
 const REPLY: u32 = 0x4;
-
-/// Every log line of this test binary (all threads), for asserting on.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(move || LogWriter(sink.clone()))
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The VMM side of the GPU socket: answers what it is told to, hands every
 /// message it reads to the test.
@@ -256,7 +228,7 @@ fn set_scanout_and_flush_send_scanout_and_update_with_the_guest_pixels() {
 
 #[test]
 fn a_vmm_that_never_answers_get_display_info_costs_a_timeout_not_a_hang() {
-    let logs = logs();
+    let logs = support::logs();
     let r = start(gpu::vhost::BackendOptions {
         display_reply_timeout: Duration::from_secs(2),
         ..options()

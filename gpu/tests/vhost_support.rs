@@ -6,9 +6,10 @@
 //! empty test crate.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -247,5 +248,33 @@ pub fn eventfd_count(fd: &OwnedFd) -> u64 {
         v
     } else {
         0
+    }
+}
+
+/// Every log line of this test binary (all threads), for asserting on.
+pub fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_writer(move || LogWriter(sink.clone()))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+pub struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

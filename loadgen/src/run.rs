@@ -72,7 +72,8 @@ fn guest_ram_bytes(plan: &Plan) -> u64 {
     (frame * plan.desktops as u64 + (64 << 20)).next_power_of_two()
 }
 
-fn vhost_options(plan: &Plan) -> VhostOptions {
+/// The frontend options a plan needs (features, display, host-visible region).
+pub fn vhost_options(plan: &Plan) -> VhostOptions {
     use gpu::protocol::wire::*;
     let mut gpu_features = 1u64 << VIRTIO_GPU_F_EDID;
     if plan.profile == Profile::ThreeD {
@@ -174,6 +175,16 @@ impl Backend {
         };
         b.check_plan(plan)?;
         Ok((b, driver))
+    }
+
+    /// Wraps a session already set up by the caller (tests that serve
+    /// several sessions from one backend).
+    pub fn from_frontend(frontend: VhostFrontend, name: &str) -> Backend {
+        Backend::Vhost {
+            frontend: Box::new(RefCell::new(Some(frontend))),
+            name: name.to_string(),
+            embedded: None,
+        }
     }
 
     /// Connects to a vhost-user GPU backend listening at `path`.

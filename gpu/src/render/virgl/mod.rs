@@ -121,23 +121,8 @@ fn release_owner() {
 
 /// Runs on its own thread: init, read VIRGL and VIRGL2, cleanup.
 fn probe_capsets() -> Result<Vec<Capset>, String> {
-    claim_owner()?;
-    let book = Box::new(FenceBook::default());
-    let mut cbs = callbacks();
-    let cookie = std::ptr::from_ref::<FenceBook>(&book)
-        .cast_mut()
-        .cast::<c_void>();
-    // SAFETY: `cookie` and `cbs` outlive the initialised library (cleanup
-    // below, before both drop); the callbacks only read the cookie as the
-    // `FenceBook` it is. This thread owns the library until cleanup.
-    let rc = unsafe { ffi::virgl_renderer_init(cookie, INIT_FLAGS, &mut *cbs) };
-    if rc != 0 {
-        release_owner();
-        return Err(format!(
-            "virgl_renderer_init failed ({rc}): no EGL surfaceless / llvmpipe? \
-             (needs libegl-mesa0 and libgl1-mesa-dri)"
-        ));
-    }
+    // `book` and `cbs` outlive the library: cleanup below, before they drop.
+    let (book, cbs, cookie) = init_library()?;
     let mut capsets = Vec::new();
     for id in [VIRTIO_GPU_CAPSET_VIRGL, VIRTIO_GPU_CAPSET_VIRGL2] {
         let (mut max_version, mut size) = (0u32, 0u32);
@@ -164,6 +149,31 @@ fn probe_capsets() -> Result<Vec<Capset>, String> {
     release_owner();
     drop((book, cbs));
     Ok(capsets)
+}
+
+/// Claims the library for this thread and initialises it. The caller must
+/// keep the returned fence book and callbacks alive until it calls
+/// `virgl_renderer_cleanup(cookie)` on this thread.
+fn init_library() -> Result<(Box<FenceBook>, Box<ffi::Callbacks>, *mut c_void), String> {
+    claim_owner()?;
+    let book = Box::new(FenceBook::default());
+    let mut cbs = callbacks();
+    let cookie = std::ptr::from_ref::<FenceBook>(&book)
+        .cast_mut()
+        .cast::<c_void>();
+    // SAFETY: `cookie` points at the boxed `FenceBook` and `cbs` is boxed:
+    // both are returned to the caller, who keeps them until cleanup (see
+    // above); the callbacks only read the cookie as that `FenceBook`. This
+    // thread owns the library from here on.
+    let rc = unsafe { ffi::virgl_renderer_init(cookie, INIT_FLAGS, &mut *cbs) };
+    if rc != 0 {
+        release_owner();
+        return Err(format!(
+            "virgl_renderer_init failed ({rc}): no EGL surfaceless / llvmpipe? \
+             (needs libegl-mesa0 and libgl1-mesa-dri)"
+        ));
+    }
+    Ok((book, cbs, cookie))
 }
 
 fn callbacks() -> Box<ffi::Callbacks> {
@@ -322,24 +332,10 @@ impl Library {
         if reactor::current_shard().is_none() {
             return Err("the virgl renderer must be created on a reactor shard".into());
         }
-        claim_owner()?;
-        let book = Box::new(FenceBook::default());
-        let mut callbacks = callbacks();
-        let cookie = std::ptr::from_ref::<FenceBook>(&book)
-            .cast_mut()
-            .cast::<c_void>();
-        // SAFETY: `book` and `callbacks` live in the `Library`, whose drop
-        // calls cleanup before freeing them; this thread now owns the
-        // library, and every later call is made from it (the `Library` is an
-        // `Rc`, so it cannot leave the thread).
-        let rc = unsafe { ffi::virgl_renderer_init(cookie, INIT_FLAGS, &mut *callbacks) };
-        if rc != 0 {
-            release_owner();
-            return Err(format!(
-                "virgl_renderer_init failed ({rc}): no EGL surfaceless / llvmpipe? \
-                 (needs libegl-mesa0 and libgl1-mesa-dri)"
-            ));
-        }
+        // `book` and `callbacks` move into the `Library`, whose drop calls
+        // cleanup before freeing them; every later call is made from this
+        // thread (the `Library` is an `Rc`, so it cannot leave it).
+        let (book, callbacks, cookie) = init_library()?;
         let fail = |msg: String| {
             // SAFETY: initialised just above on this thread, with this cookie.
             unsafe { ffi::virgl_renderer_cleanup(cookie) };

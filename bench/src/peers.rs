@@ -439,6 +439,7 @@ mod tests {
             stalls_over_50ms: 0,
             frames_delivered: 0,
             frames_merged: 0,
+            pixel_bytes_copied_per_frame: None,
             pixels_bad: 0,
             isolation: None,
             per_desktop: Vec::new(),

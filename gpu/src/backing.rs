@@ -14,6 +14,10 @@ pub type GuestMem = GuestMemoryMmap<()>;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backing {
     entries: Vec<MemEntry>,
+    /// Linear offset of each entry's first byte (ascending), so a span is
+    /// found by binary search: a Linux guest's framebuffer is a thousand
+    /// 4 KiB entries and a flush reads it row by row.
+    starts: Vec<u64>,
     len: u64,
 }
 
@@ -21,7 +25,9 @@ impl Backing {
     /// Checks every entry lies inside guest memory.
     pub fn new(entries: Vec<MemEntry>, mem: &GuestMem) -> Result<Backing, ProtocolError> {
         let mut len = 0u64;
+        let mut starts = Vec::with_capacity(entries.len());
         for e in &entries {
+            starts.push(len);
             let inside = mem.check_range(
                 GuestAddress(e.addr),
                 e.length as usize,
@@ -35,7 +41,11 @@ impl Backing {
             }
             len += u64::from(e.length);
         }
-        Ok(Backing { entries, len })
+        Ok(Backing {
+            entries,
+            starts,
+            len,
+        })
     }
 
     /// Total bytes.
@@ -66,9 +76,14 @@ impl Backing {
                 needed: offset.saturating_add(len as u64),
                 backing: self.len,
             })?;
-        let mut pos = 0u64; // linear start of the current entry
+        // The last entry starting at or before `offset`.
+        let first = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        let mut pos = self.starts.get(first).copied().unwrap_or(0); // linear start of `e`
         let mut done = 0usize;
-        for e in &self.entries {
+        for e in self.entries.iter().skip(first) {
             let e_end = pos + u64::from(e.length);
             let from = offset.max(pos);
             let to = end.min(e_end);
@@ -90,6 +105,26 @@ impl Backing {
         let len = dst.len();
         self.spans(offset, len, |addr, at, n| {
             mem.read_slice(&mut dst[at..at + n], addr).map_err(|_| {
+                ProtocolError::BackingBeyondGuestMemory {
+                    addr: addr.0,
+                    length: n as u32,
+                }
+            })
+        })
+    }
+
+    /// Appends `len` bytes starting at linear `offset` to `out`, copied
+    /// straight from guest memory into `out`'s spare capacity.
+    pub fn append(
+        &self,
+        mem: &GuestMem,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        out.reserve(len);
+        self.spans(offset, len, |addr, _, n| {
+            mem.write_all_volatile_to(addr, out, n).map_err(|_| {
                 ProtocolError::BackingBeyondGuestMemory {
                     addr: addr.0,
                     length: n as u32,
@@ -143,6 +178,40 @@ mod tests {
         let mut out = [0u8; 4];
         b.read(&m, 2, &mut out).unwrap();
         assert_eq!(out, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn append_matches_read_anywhere_in_many_small_entries() {
+        let m = mem();
+        // 64 entries of 40 bytes, in reverse order through guest memory
+        // (the search must not assume ascending addresses), and one empty.
+        let mut entries: Vec<MemEntry> = (0..64u64)
+            .map(|i| MemEntry {
+                addr: 0x8000 - i * 0x100,
+                length: 40,
+            })
+            .collect();
+        entries.insert(10, MemEntry { addr: 0, length: 0 });
+        let b = Backing::new(entries, &m).unwrap();
+        let bytes: Vec<u8> = (0..b.len()).map(|i| (i * 7 % 251) as u8).collect();
+        b.write(&m, 0, &bytes).unwrap();
+        for (offset, len) in [
+            (0, 1),
+            (39, 2),
+            (40, 40),
+            (399, 41),
+            (1000, 1560),
+            (2559, 1),
+        ] {
+            let mut want = vec![0u8; len];
+            b.read(&m, offset, &mut want).unwrap();
+            assert_eq!(want, bytes[offset as usize..offset as usize + len]);
+            let mut out = vec![0xee];
+            b.append(&m, offset, len, &mut out).unwrap();
+            assert_eq!(out[0], 0xee, "append keeps what was there");
+            assert_eq!(&out[1..], &want[..], "offset {offset} len {len}");
+        }
+        assert!(b.append(&m, 2550, 20, &mut Vec::new()).is_err());
     }
 
     #[test]

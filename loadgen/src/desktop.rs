@@ -399,21 +399,16 @@ impl Desktop {
         };
         let colour = pixels::colour(self.id, self.frame).to_le_bytes();
         let stride = u64::from(sh.plan.width) * 4;
+        // One row of the frame's colour, written row by row straight into
+        // guest memory: a frame costs one pass over its pixels.
         let row = rect.width as usize * 4;
-        let full = rect.x == 0 && rect.width == sh.plan.width;
-        let span = if full {
-            row * rect.height as usize
-        } else {
-            row
-        };
-        if sh.pattern.len() != span || sh.pattern.get(..4) != Some(&colour[..]) {
+        if sh.pattern.len() != row || sh.pattern.get(..4) != Some(&colour[..]) {
             sh.pattern.clear();
             sh.pattern
-                .extend(std::iter::repeat_n(colour, span / 4).flatten());
+                .extend(std::iter::repeat_n(colour, rect.width as usize).flatten());
         }
         let mem = sh.driver.ram().memory();
-        let rows = if full { 1 } else { rect.height };
-        for r in 0..rows {
+        for r in 0..rect.height {
             let at = backing.0 + u64::from(rect.y + r) * stride + u64::from(rect.x) * 4;
             mem.write_slice(sh.pattern, GuestAddress(at))
                 .map_err(|e| GpuDriverError::Memory(e.to_string()))?;

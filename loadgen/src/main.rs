@@ -32,7 +32,8 @@ struct Args {
     /// `ring` (a fence timeline per desktop) or `global` (one timeline).
     #[arg(long, default_value = "ring")]
     fence_mode: FenceMode,
-    /// none, unmap-storm, stalled-context, slow-map, queue-full, reset, heavy-context.
+    /// none, unmap-storm, stalled-context, slow-map, queue-full, reset,
+    /// heavy-context, slow-display.
     #[arg(long, default_value = "none")]
     scenario: Scenario,
     /// Frames per second per desktop (0 = unthrottled).
@@ -81,6 +82,11 @@ struct Args {
     /// With --direct: idle backend shards spin this long before sleeping (µs; 0 = never).
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// The VMM applies each display UPDATE this many µs late (a slow
+    /// display): on every scanout, or with `--scenario slow-display` only on
+    /// desktop 0's while it is stressed (10000 there unless set).
+    #[arg(long, default_value_t = 0)]
+    vmm_display_delay_us: u64,
     /// Write the JSON report to PATH, or `-` for stdout.
     #[arg(long)]
     json: Option<String>,
@@ -136,6 +142,7 @@ fn main() -> ExitCode {
         renderer: args.renderer,
         render: args.render,
         mem_table: args.mem_table,
+        display_delay: Duration::from_micros(args.vmm_display_delay_us),
         ..Plan::default()
     };
     let shards = args
@@ -143,6 +150,13 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if args.pin {
         pin_to_last_cpu();
+    }
+    if args.direct && (plan.scenario == Scenario::SlowDisplay || !plan.display_delay.is_zero()) {
+        eprintln!(
+            "loadgen: --direct has no GPU socket for a slow display to hold up: \
+             slow-display and --vmm-display-delay-us need a vhost-user backend"
+        );
+        return ExitCode::from(2);
     }
     let started = if let Some(path) = &args.socket {
         Backend::socket(&plan, path)

@@ -26,6 +26,17 @@ pub fn check(desktop: usize, pixels: &[u8]) -> Option<u16> {
     (all_same && pixels.len().is_multiple_of(4)).then_some(c as u16)
 }
 
+/// Checks a whole-scanout update that a backend sent in place of partial
+/// updates a slow display had not taken yet: it holds many frames' tiles,
+/// so every pixel must be a colour of `desktop` or still black.
+pub fn check_refresh(desktop: usize, pixels: &[u8]) -> bool {
+    pixels.len().is_multiple_of(4)
+        && pixels.chunks_exact(4).all(|w| {
+            let c = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            c == 0 || (c >> 24 == 0xff && desktop_of(c) == desktop & 0xff)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +53,19 @@ mod tests {
         torn[200] ^= 1;
         assert_eq!(check(3, &torn), None);
         assert_eq!(check(3, &[]), None);
+    }
+
+    #[test]
+    fn a_refresh_may_mix_frames_and_black_but_not_desktops() {
+        let mixed: Vec<u8> = [colour(3, 1), 0, colour(3, 9)]
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .collect();
+        assert!(check_refresh(3, &mixed));
+        assert!(!check_refresh(4, &mixed));
+        let mut foreign = mixed.clone();
+        foreign.extend_from_slice(&colour(5, 1).to_le_bytes());
+        assert!(!check_refresh(3, &foreign));
+        assert!(!check_refresh(3, &[0, 0, 0]));
     }
 }

@@ -89,6 +89,11 @@ pub struct Report {
     /// Frames the backend superseded with a newer one for the same scanout
     /// before the display read them (known for the embedded gpu-reactor).
     pub frames_merged: u64,
+    /// Pixel bytes the backend copied per frame (transfers into host
+    /// images, read-backs for the display; known for gpu-reactor embedded
+    /// or direct). The kernel's socket copies are not in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pixel_bytes_copied_per_frame: Option<f64>,
     pub pixels_bad: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
@@ -128,6 +133,12 @@ impl Report {
             "  longest stall {:.1} ms, waits over 50 ms: {}\n  frames delivered {}  pixels bad {}\n",
             self.max_stall_ms, self.stalls_over_50ms, self.frames_delivered, self.pixels_bad
         ));
+        if let Some(b) = self.pixel_bytes_copied_per_frame {
+            s.push_str(&format!(
+                "  pixel bytes copied per frame by the backend {:.0}\n",
+                b
+            ));
+        }
         if let Some(i) = &self.isolation {
             s.push_str(&format!(
                 "  isolation: others' p99 {} µs before, {} µs during → ratio {:.2}\n",

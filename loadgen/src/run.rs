@@ -81,8 +81,19 @@ pub fn vhost_options(plan: &Plan) -> VhostOptions {
             | (1 << VIRTIO_GPU_F_CONTEXT_INIT)
             | (1 << VIRTIO_GPU_F_RESOURCE_BLOB);
     }
-    let check: PixelCheck = Arc::new(|u: &UpdateView<'_>| {
-        u64::from(pixels::check(u.scanout as usize, u.pixels).is_none())
+    // An update the size of a desktop's damage is one frame: one colour. A
+    // whole-scanout update under partial damage is a backend's refresh of
+    // a scanout whose display fell behind (gpu-reactor sends one in place
+    // of the partial updates it still holds): many frames, one desktop.
+    let (full, tile, width, height) = (plan.full_damage, plan.tile, plan.width, plan.height);
+    let check: PixelCheck = Arc::new(move |u: &UpdateView<'_>| {
+        let refresh = !full && u.width == width && u.height == height && u.width != tile;
+        let ok = if refresh {
+            pixels::check_refresh(u.scanout as usize, u.pixels)
+        } else {
+            pixels::check(u.scanout as usize, u.pixels).is_some()
+        };
+        u64::from(!ok)
     });
     let mut opts = VhostOptions {
         gpu_features,
@@ -94,6 +105,10 @@ pub fn vhost_options(plan: &Plan) -> VhostOptions {
     opts.display.width = plan.width;
     opts.display.height = plan.height;
     opts.display.pixel_check = Some(check);
+    opts.display.framebuffers = false;
+    if plan.scenario != Scenario::SlowDisplay {
+        opts.display.update_delay = plan.display_delay;
+    }
     opts.shmem.region_size = (plan.desktops as u64 + 1) << 20;
     opts.shmem.delay = plan.scenario.vmm_map_delay();
     opts
@@ -256,6 +271,35 @@ impl Backend {
         }
     }
 
+    /// Makes the VMM's display slow on `scanout` (a vhost-user backend has
+    /// a GPU socket to be slow on; the direct one does not).
+    fn set_slow_display(&self, scanout: u32, delay: Duration) -> Result<(), String> {
+        match self {
+            Backend::Direct { .. } => {
+                Err("slow-display plays a slow VMM on the GPU socket: not with --direct".into())
+            }
+            Backend::Vhost { frontend, .. } => match frontend.borrow().as_ref() {
+                Some(f) => {
+                    f.display().set_slow_scanout(Some((scanout, delay)));
+                    Ok(())
+                }
+                None => Err("session closed".into()),
+            },
+        }
+    }
+
+    /// Pixel bytes gpu-reactor's renderers copied (None for other backends).
+    fn pixel_bytes_copied(&self) -> Option<u64> {
+        let stats = match self {
+            Backend::Direct { backend, .. } => backend.device.stats(),
+            Backend::Vhost {
+                embedded: Some(e), ..
+            } => e.backend.device().stats(),
+            Backend::Vhost { .. } => return None,
+        };
+        stats.ok().map(|s| s.pixel_bytes_copied)
+    }
+
     /// Frames the embedded backend merged into newer ones (0 otherwise).
     fn frames_merged(&self) -> u64 {
         match self {
@@ -277,8 +321,10 @@ impl Backend {
         }
     }
 
-    /// (frames delivered, pixels bad) as the display saw them.
-    fn display(&self) -> (u64, u64) {
+    /// (frames delivered, pixels bad) once the last updates arrived: for the
+    /// embedded gpu-reactor, until every one of `frames` was delivered or
+    /// merged; for others, until nothing changed for `quiet`; at most 3 s.
+    fn display(&self, quiet: Duration, frames: u64) -> (u64, u64) {
         match self {
             Backend::Direct { display, .. } => {
                 display.finish();
@@ -289,12 +335,24 @@ impl Backend {
                 let f = frontend.borrow();
                 let Some(f) = f.as_ref() else { return (0, 0) };
                 // Updates travel on the GPU socket after their fence
-                // completed: let the last ones arrive (until nothing changed
-                // for 50 ms, at most 1 s).
-                let deadline = Instant::now() + Duration::from_secs(1);
+                // completed: let the last ones arrive.
+                let deadline = Instant::now() + Duration::from_secs(3);
+                if let Backend::Vhost {
+                    embedded: Some(_), ..
+                } = self
+                {
+                    loop {
+                        let now = f.display_stats();
+                        let done = now.frames_delivered + self.frames_merged() >= frames;
+                        if done || Instant::now() > deadline {
+                            return (now.frames_delivered, now.pixels_bad);
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
                 let mut last = f.display_stats();
                 loop {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(quiet);
                     let now = f.display_stats();
                     if now == last || Instant::now() > deadline {
                         return (now.frames_delivered, now.pixels_bad);
@@ -417,6 +475,7 @@ pub fn run(
     let mut pattern = Vec::new();
     let mut fatal: Option<String> = None;
     let mut reset_done = false;
+    let mut slow_display_on = false;
     let mut turn = 0usize;
     let grace = Duration::from_secs(1) + Duration::from_micros(u64::from(plan.gpu_cost_us) * 4);
     let mut drain_until: Option<Instant> = None;
@@ -459,6 +518,13 @@ pub fn run(
             }
         }
         let stressing = plan.scenario != Scenario::None && now >= stress_at;
+        if plan.scenario == Scenario::SlowDisplay && stressing && !slow_display_on {
+            slow_display_on = true;
+            if let Err(e) = backend.set_slow_display(0, plan.slow_display_delay()) {
+                fatal = Some(e);
+                break;
+            }
+        }
         {
             let mut sh = Shared {
                 driver: &mut driver,
@@ -593,8 +659,19 @@ fn build_report(
             ratio: if b == 0 { 0.0 } else { d as f64 / b as f64 },
         }
     });
-    let (frames_delivered, pixels_bad) = backend.display();
+    // A display slower than 50 ms per update is quiet that long between
+    // updates that are still coming.
+    let slowest = plan.display_delay.max(match plan.scenario {
+        Scenario::SlowDisplay => plan.slow_display_delay(),
+        _ => Duration::ZERO,
+    });
+    let (frames_delivered, pixels_bad) =
+        backend.display(Duration::from_millis(50).max(slowest * 2), frames);
     let frames_merged = backend.frames_merged();
+    let pixel_bytes_copied_per_frame = backend
+        .pixel_bytes_copied()
+        .filter(|_| frames > 0)
+        .map(|b| b as f64 / frames as f64);
     let _ = start;
     Report {
         backend: backend.name(),
@@ -617,6 +694,7 @@ fn build_report(
         stalls_over_50ms: stalls,
         frames_delivered,
         frames_merged,
+        pixel_bytes_copied_per_frame,
         pixels_bad,
         isolation,
         per_desktop,

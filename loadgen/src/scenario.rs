@@ -40,10 +40,14 @@ pub enum Scenario {
     Reset,
     /// Desktop 0's submits each cost 50 ms of GPU time.
     HeavyContext,
+    /// Desktop 0's scanout is shown by a slow display: the VMM takes
+    /// `--vmm-display-delay-us` (10 ms unless set) to apply each of its
+    /// updates, holding up the one GPU socket all scanouts share.
+    SlowDisplay,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::None,
         Scenario::UnmapStorm,
         Scenario::StalledContext,
@@ -51,6 +55,7 @@ impl Scenario {
         Scenario::QueueFull,
         Scenario::Reset,
         Scenario::HeavyContext,
+        Scenario::SlowDisplay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +67,7 @@ impl Scenario {
             Scenario::QueueFull => "queue-full",
             Scenario::Reset => "reset",
             Scenario::HeavyContext => "heavy-context",
+            Scenario::SlowDisplay => "slow-display",
         }
     }
 
@@ -217,6 +223,9 @@ pub struct Plan {
     pub no_reply_ack: bool,
     /// vhost-user frontend behaviour: which memory message to send.
     pub mem_table: crate::frontend::vhost::MemTableMode,
+    /// The VMM applies each UPDATE this late: on every scanout, or under
+    /// `slow-display` only on desktop 0's while it is stressed.
+    pub display_delay: Duration,
 }
 
 impl Default for Plan {
@@ -239,11 +248,21 @@ impl Default for Plan {
             render: RenderMode::Sim,
             no_reply_ack: false,
             mem_table: crate::frontend::vhost::MemTableMode::Auto,
+            display_delay: Duration::ZERO,
         }
     }
 }
 
 impl Plan {
+    /// How late the VMM applies desktop 0's updates under `slow-display`.
+    pub fn slow_display_delay(&self) -> Duration {
+        if self.display_delay.is_zero() {
+            Duration::from_millis(10)
+        } else {
+            self.display_delay
+        }
+    }
+
     /// The fence mode actually used (2d has no contexts: global).
     pub fn effective_fence_mode(&self) -> FenceMode {
         match self.profile {

@@ -93,6 +93,14 @@ fn two_d_profile_on_the_global_timeline() {
     });
     assert_clean(&r);
     assert_eq!(r.fence_mode, "global");
+    // Each frame's pixels are copied once by the backend: from the guest's
+    // backing straight into what goes to the display.
+    assert_eq!(
+        r.pixel_bytes_copied_per_frame,
+        Some(f64::from(320 * 200 * 4)),
+        "{}",
+        r.summary()
+    );
 }
 
 #[test]
@@ -115,6 +123,39 @@ fn over_vhost_user_a_reset_and_slow_blob_maps_lose_nothing() {
         let r = run_vhost(plan(s));
         assert_clean(&r);
     }
+}
+
+#[test]
+fn over_vhost_user_a_slow_display_on_one_scanout_merges_its_frames_and_loses_nothing() {
+    let r = run_vhost(Plan {
+        // 50 ms per update of desktop 0's scanout: it cannot show 60 fps.
+        display_delay: Duration::from_millis(50),
+        ..plan(Scenario::SlowDisplay)
+    });
+    assert_clean(&r);
+    assert!(r.isolation.is_some());
+    assert!(
+        r.frames_merged > 0,
+        "the slow scanout's unsent frames were not merged: {}",
+        r.summary()
+    );
+    assert_eq!(
+        r.frames_delivered + r.frames_merged,
+        r.frames,
+        "{}",
+        r.summary()
+    );
+}
+
+#[test]
+fn a_slow_display_needs_a_gpu_socket() {
+    let p = plan(Scenario::SlowDisplay);
+    let r = run(p);
+    assert!(
+        r.error_samples.iter().any(|e| e.contains("--direct")),
+        "{}",
+        r.summary()
+    );
 }
 
 #[test]

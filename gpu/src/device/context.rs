@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
@@ -42,11 +43,15 @@ pub struct ShardEnv {
     pub display: Arc<dyn DisplaySink>,
     pub blob: Arc<dyn BlobMapper>,
     pub renderer: Arc<dyn RendererFactory>,
+    /// The device's count of pixel bytes copied, shared by its shards.
+    pub pixel_bytes_copied: Arc<AtomicU64>,
 }
 
 struct State {
     renderer: Box<dyn Renderer>,
     resources: HashMap<u32, ShardResource>,
+    /// The renderer's `pixel_bytes_copied` already added to the device's.
+    copied_seen: u64,
 }
 
 /// Runs a shard's executor until the channel closes.
@@ -62,6 +67,7 @@ pub async fn run(env: ShardEnv, mut rx: reactor::Receiver<ShardMsg>) {
     let state = Rc::new(RefCell::new(State {
         renderer,
         resources: HashMap::new(),
+        copied_seen: 0,
     }));
     let mut since_yield = 0;
     while let Some(msg) = rx.recv().await {
@@ -72,12 +78,22 @@ pub async fn run(env: ShardEnv, mut rx: reactor::Receiver<ShardMsg>) {
             reactor::yield_now().await;
         }
         match msg {
-            ShardMsg::Job(job) => execute(&env, &state, *job),
+            ShardMsg::Job(job) => {
+                execute(&env, &state, *job);
+                let mut st = state.borrow_mut();
+                let copied = st.renderer.pixel_bytes_copied();
+                if copied != st.copied_seen {
+                    let new = copied.saturating_sub(st.copied_seen);
+                    env.pixel_bytes_copied.fetch_add(new, Ordering::Relaxed);
+                    st.copied_seen = copied;
+                }
+            }
             ShardMsg::Reset => {
                 let Some(renderer) = make() else { return };
                 let mut st = state.borrow_mut();
                 st.resources.clear();
                 st.renderer = renderer;
+                st.copied_seen = 0;
             }
         }
     }
@@ -216,10 +232,11 @@ fn run_command(
         }
         GpuCommand::ResourceDetachBacking(r) => {
             let id = r.resource_id.0;
-            resource(st, id)?
-                .backing
-                .take()
-                .ok_or(ProtocolError::NoBacking(id))?;
+            if resource(st, id)?.backing.is_none() {
+                return Err(ProtocolError::NoBacking(id));
+            }
+            st.renderer.detach_backing(id)?;
+            resource(st, id)?.backing = None;
             ok
         }
         GpuCommand::TransferToHost2d(t) => {
@@ -248,7 +265,8 @@ fn run_command(
             resource(st, id)?;
             if let Extra::Flush(targets) = &job.extra {
                 for t in targets {
-                    let mut pixels = Vec::new();
+                    let len = t.src.width as usize * t.src.height as usize * 4;
+                    let mut pixels = env.display.pixel_buffer(len);
                     st.renderer.read_rect(id, t.src, &mut pixels)?;
                     env.display.update(t.scanout, t.dst, pixels);
                 }

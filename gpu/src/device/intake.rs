@@ -371,7 +371,10 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
         )),
         GpuCommand::ResourceFlush(f) => {
             let s = o.directory.check_rect(f.resource_id.0, f.rect)?.shard;
-            let targets = o.scanouts.flush_targets(f.resource_id.0, f.rect);
+            let display = &o.shared.display;
+            let targets = o
+                .scanouts
+                .flush_targets(f.resource_id.0, f.rect, |s| display.backlogged(s));
             Ok(Route::Shard(s, Extra::Flush(targets)))
         }
         GpuCommand::TransferToHost3d(t) | GpuCommand::TransferFromHost3d(t) => {

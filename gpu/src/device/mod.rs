@@ -26,6 +26,7 @@ mod watch;
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -105,6 +106,8 @@ pub(crate) struct DeviceShared {
     pub placement: Vec<usize>,
     pub display: Arc<dyn DisplaySink>,
     pub blob: Arc<dyn BlobMapper>,
+    /// Pixel bytes the renderers copied (transfers, display read-backs).
+    pub pixel_bytes_copied: Arc<AtomicU64>,
 }
 
 /// A virtio-gpu device running on a reactor.
@@ -154,6 +157,7 @@ impl Device {
             (0..n).collect()
         };
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let pixel_bytes_copied = Arc::new(AtomicU64::new(0));
         let mut shards = Vec::with_capacity(n);
         for (i, handle) in reactor.shards().iter().enumerate() {
             let (tx, rx) = reactor::channel();
@@ -166,6 +170,7 @@ impl Device {
                     display: display.clone(),
                     blob: blob.clone(),
                     renderer: renderer.clone(),
+                    pixel_bytes_copied: pixel_bytes_copied.clone(),
                 };
                 handle.run(move || {
                     reactor::spawn_local_named("context-shard", context::run(env, rx));
@@ -180,6 +185,7 @@ impl Device {
             placement,
             display,
             blob,
+            pixel_bytes_copied,
         });
         let (owner_tx, owner_rx) = reactor::channel();
         let (s, m) = (shared.clone(), mem.clone());

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -41,6 +42,8 @@ pub struct OwnerStats {
     pub contexts: u64,
     pub resources: u64,
     pub resource_bytes: u64,
+    /// Pixel bytes the renderers copied (transfers, display read-backs).
+    pub pixel_bytes_copied: u64,
 }
 
 /// A released completion: (queue, head, len).
@@ -162,6 +165,7 @@ pub(super) async fn run(
                 s.contexts = contexts as u64;
                 s.resources = resources as u64;
                 s.resource_bytes = o.directory.bytes_in_use();
+                s.pixel_bytes_copied = o.shared.pixel_bytes_copied.load(Ordering::Relaxed);
                 let _ = reply.send(s);
             }
         }
@@ -403,6 +407,12 @@ impl Owner {
                 "Host memory charged to resources.",
                 "gauge",
                 self.directory.bytes_in_use(),
+            ),
+            (
+                "pixel_bytes_copied_total",
+                "Pixel bytes copied by the renderers (transfers into host images, read-backs for the display).",
+                "counter",
+                self.shared.pixel_bytes_copied.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "# HELP gpu_reactor_{name} {help}");

@@ -42,7 +42,20 @@ pub trait DisplaySink: Send + Sync {
     /// New pixels of `rect` (scanout coordinates), rows packed, 4 bytes per
     /// pixel. A flush fence completes once this returned.
     fn update(&self, scanout: u32, rect: Rect, pixels: Vec<u8>);
+    /// An empty buffer with room for `len` bytes, to fill and pass to
+    /// `update`: a sink that recycles the buffers it has sent saves the
+    /// allocation (and its page faults) on every flush.
+    fn pixel_buffer(&self, len: usize) -> Vec<u8> {
+        Vec::with_capacity(len)
+    }
     fn cursor(&self, event: CursorEvent);
+    /// True when `scanout`'s unsent updates pile up (the VMM shows it more
+    /// slowly than the guest flushes): the next flush to it then sends the
+    /// whole scanout, which replaces them all. Memory stays bounded and no
+    /// damage is lost.
+    fn backlogged(&self, _scanout: u32) -> bool {
+        false
+    }
     /// The displays as the VMM last described them (its GET_DISPLAY_INFO),
     /// if it did: answered from a cache, never by asking the VMM now.
     fn vmm_modes(&self) -> Option<Vec<DisplayMode>> {
@@ -204,8 +217,14 @@ impl Scanouts {
         out
     }
 
-    /// Where a flush of `rect` of `resource` lands.
-    pub fn flush_targets(&self, resource: u32, rect: Rect) -> Vec<FlushTarget> {
+    /// Where a flush of `rect` of `resource` lands. A scanout for which
+    /// `whole(scanout)` is true gets all of its rectangle.
+    pub fn flush_targets(
+        &self,
+        resource: u32,
+        rect: Rect,
+        whole: impl Fn(u32) -> bool,
+    ) -> Vec<FlushTarget> {
         let mut out = Vec::new();
         for (i, b) in self.bindings.iter().enumerate() {
             let Some(b) = b.filter(|b| b.resource == resource) else {
@@ -214,6 +233,7 @@ impl Scanouts {
             let Some(src) = intersect(rect, b.rect) else {
                 continue;
             };
+            let src = if whole(i as u32) { b.rect } else { src };
             out.push(FlushTarget {
                 scanout: i as u32,
                 src,
@@ -255,7 +275,7 @@ mod tests {
                 rect: Rect::new(100, 0, 100, 100),
             }),
         );
-        let t = s.flush_targets(7, Rect::new(90, 10, 20, 5));
+        let t = s.flush_targets(7, Rect::new(90, 10, 20, 5), |_| false);
         assert_eq!(
             t,
             vec![
@@ -271,8 +291,28 @@ mod tests {
                 },
             ]
         );
-        assert!(s.flush_targets(8, Rect::new(0, 0, 10, 10)).is_empty());
+        // A backlogged scanout gets all of its rectangle; the other only
+        // the damage.
+        let t = s.flush_targets(7, Rect::new(90, 10, 20, 5), |s| s == 1);
+        assert_eq!(
+            (t[0].src, t[1].src, t[1].dst),
+            (
+                Rect::new(90, 10, 10, 5),
+                Rect::new(100, 0, 100, 100),
+                Rect::new(0, 0, 100, 100)
+            )
+        );
+        // Only scanouts the flush touches at all.
+        assert_eq!(
+            s.flush_targets(7, Rect::new(0, 0, 10, 10), |_| true).len(),
+            1
+        );
+        assert!(s
+            .flush_targets(8, Rect::new(0, 0, 10, 10), |_| false)
+            .is_empty());
         assert_eq!(s.unbind_resource(7), vec![0, 1]);
-        assert!(s.flush_targets(7, Rect::new(0, 0, 10, 10)).is_empty());
+        assert!(s
+            .flush_targets(7, Rect::new(0, 0, 10, 10), |_| false)
+            .is_empty());
     }
 }

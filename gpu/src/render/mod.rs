@@ -92,6 +92,17 @@ pub trait Renderer {
 
     fn create_resource(&mut self, id: u32, kind: &ResourceKind) -> Result<(), ProtocolError>;
     fn destroy_resource(&mut self, id: u32);
+    /// `RESOURCE_DETACH_BACKING` is about to drop `id`'s backing: a
+    /// renderer that still reads transferred pixels from it copies them now.
+    fn detach_backing(&mut self, _id: u32) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+    /// Pixel bytes this renderer has copied so far (transfers into host
+    /// images, read-backs for the display): the cost the display path is
+    /// measured by. Renderers that cannot tell return 0.
+    fn pixel_bytes_copied(&self) -> u64 {
+        0
+    }
     /// `TRANSFER_TO_HOST_2D`: `rect` of the image from `backing` (laid out
     /// like the image, starting at `offset`) into host memory.
     fn transfer_to_host_2d(

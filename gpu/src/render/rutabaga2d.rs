@@ -85,6 +85,8 @@ pub struct Rutabaga2d {
     /// (see the module docs). Grows to the largest resource plus a row and
     /// is reused; its contents never matter.
     scratch: Vec<u8>,
+    /// Pixel bytes copied so far (see `Renderer::pixel_bytes_copied`).
+    copied: u64,
 }
 
 impl Rutabaga2d {
@@ -101,6 +103,7 @@ impl Rutabaga2d {
             rutabaga,
             resources: HashMap::new(),
             scratch: Vec::new(),
+            copied: 0,
         })
     }
 
@@ -330,6 +333,7 @@ impl Renderer for Rutabaga2d {
         let detached = self.rutabaga.detach_backing(id);
         drop(guards);
         written.map_err(|e| failed("transfer_write", id, e))?;
+        self.copied += u64::from(rect.width) * u64::from(rect.height) * BPP;
         detached.map_err(|e| failed("detach_backing", id, e))
     }
 
@@ -376,14 +380,20 @@ impl Renderer for Rutabaga2d {
                 out.truncate(start);
                 return Err(failed("transfer_read", id, e));
             }
+            self.copied += len as u64;
         } else {
             let dst = IoSliceMut::new(scratch(&mut self.scratch, lead + len));
             self.rutabaga
                 .transfer_read(0, id, transfer, Some(dst))
                 .map_err(|e| failed("transfer_read", id, e))?;
             out.extend_from_slice(&self.scratch[lead..lead + len]);
+            self.copied += 2 * len as u64;
         }
         Ok(())
+    }
+
+    fn pixel_bytes_copied(&self) -> u64 {
+        self.copied
     }
 
     fn blob_memory(&mut self, _id: u32) -> Option<BlobMemory> {

@@ -17,6 +17,18 @@
 //! is a sequential GPU queue: work starts when the previous work on that
 //! ring ends. A fence completes from a CLOCK_MONOTONIC timerfd armed for the
 //! moment its ring drains; nothing polls.
+//!
+//! Pixels are copied once on the way to the display. `TRANSFER_TO_HOST_2D`
+//! of a rectangle laid out in the backing as in the image (what the Linux
+//! driver sends for dumb buffers and fbdev) only records that those pixels
+//! now live in the backing; the `RESOURCE_FLUSH` that follows copies them
+//! from guest memory straight into the message for the VMM. They are copied
+//! into the host image only when something else needs them there: another
+//! transfer that does not cover them, a flush of a rectangle they do not
+//! contain, a GPU fill, a 3D transfer, or `DETACH_BACKING`. The one
+//! difference a guest can see: pixels it writes into the backing after the
+//! transfer and before they are needed are the ones shown (the Linux driver
+//! transfers right before each flush, so it shows what it just drew anyway).
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -118,6 +130,74 @@ struct SimResource {
     width: u32,
     height: u32,
     blob: Option<BlobMemory>,
+    /// Transferred pixels not copied into `pixels` yet (see the module doc).
+    pending: Option<Pending>,
+}
+
+/// A rectangle whose pixels are in the backing, laid out as in the image
+/// (row `y` at `y * width * 4`), and not yet in the host image.
+struct Pending {
+    rect: Rect,
+    backing: Backing,
+    mem: GuestMem,
+}
+
+impl SimResource {
+    /// Copies pending pixels into the host image; returns the bytes copied.
+    fn materialize(&mut self) -> Result<u64, ProtocolError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(0);
+        };
+        let stride = self.width as usize * 4;
+        let row = p.rect.width as usize * 4;
+        for y in p.rect.y..p.rect.y + p.rect.height {
+            let at = y as usize * stride + p.rect.x as usize * 4;
+            p.backing
+                .read(&p.mem, at as u64, &mut self.pixels[at..at + row])?;
+        }
+        Ok(row as u64 * u64::from(p.rect.height))
+    }
+
+    /// Appends the pixels of `rect` (inside the image) to `out`: from the
+    /// backing when they are pending there, else from the host image.
+    /// Returns the bytes copied.
+    fn append_rect(&mut self, rect: Rect, out: &mut Vec<u8>) -> Result<u64, ProtocolError> {
+        let mut copied = 0;
+        if self.pending.as_ref().is_some_and(|p| !covers(p.rect, rect)) {
+            copied += self.materialize()?;
+        }
+        let stride = self.width as usize * 4;
+        let row = rect.width as usize * 4;
+        out.reserve(row * rect.height as usize);
+        let full_rows = rect.x == 0 && rect.width == self.width;
+        for y in rect.y..rect.y + rect.height {
+            let at = y as usize * stride + rect.x as usize * 4;
+            // Whole rows are contiguous: one copy for the rectangle.
+            let len = if full_rows {
+                row * rect.height as usize
+            } else {
+                row
+            };
+            match &self.pending {
+                Some(p) => p.backing.append(&p.mem, at as u64, len, out)?,
+                None => out.extend_from_slice(&self.pixels[at..at + len]),
+            }
+            copied += len as u64;
+            if full_rows {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+}
+
+/// True when `outer` contains `inner`.
+fn covers(outer: Rect, inner: Rect) -> bool {
+    let end = |at: u32, len: u32| u64::from(at) + u64::from(len);
+    inner.x >= outer.x
+        && inner.y >= outer.y
+        && end(inner.x, inner.width) <= end(outer.x, outer.width)
+        && end(inner.y, inner.height) <= end(outer.y, outer.height)
 }
 
 /// Makes sim renderers.
@@ -162,6 +242,8 @@ pub struct SimRenderer {
     rings: HashMap<(u32, u8), RingClock>,
     contexts: HashMap<u32, ()>,
     resources: HashMap<u32, SimResource>,
+    /// Pixel bytes copied so far (see `Renderer::pixel_bytes_copied`).
+    copied: u64,
 }
 
 impl SimRenderer {
@@ -171,6 +253,7 @@ impl SimRenderer {
             rings: HashMap::new(),
             contexts: HashMap::new(),
             resources: HashMap::new(),
+            copied: 0,
         }
     }
 
@@ -226,10 +309,14 @@ impl Renderer for SimRenderer {
         }
         let SimSubmit { cost, hang, fill } = parse_submit(cmds, self.default_cost);
         if let Some((id, rect, colour)) = fill {
-            let res = self.resource(id)?;
+            let res = self
+                .resources
+                .get_mut(&id)
+                .ok_or(ProtocolError::UnknownResource(id))?;
             if !rect.fits_within(res.width, res.height) || res.pixels.is_empty() {
                 return Err(ProtocolError::RectOutsideResource);
             }
+            self.copied += res.materialize()?;
             // One row of the colour, then a memcpy per row.
             let row: Vec<u8> = std::iter::repeat_n(colour.to_le_bytes(), rect.width as usize)
                 .flatten()
@@ -271,12 +358,14 @@ impl Renderer for SimRenderer {
                 width: *width,
                 height: *height,
                 blob: None,
+                pending: None,
             },
             ResourceKind::Image3d(c) => SimResource {
                 pixels: vec![0; image_bytes(c.width, c.height, c.depth)?],
                 width: c.width,
                 height: c.height,
                 blob: None,
+                pending: None,
             },
             ResourceKind::HostBlob { size, .. } => SimResource {
                 pixels: Vec::new(),
@@ -287,12 +376,14 @@ impl Renderer for SimRenderer {
                     offset: 0,
                     size: *size,
                 }),
+                pending: None,
             },
             ResourceKind::GuestBlob { .. } => SimResource {
                 pixels: Vec::new(),
                 width: 0,
                 height: 0,
                 blob: None,
+                pending: None,
             },
         };
         if self.resources.insert(id, res).is_some() {
@@ -305,6 +396,12 @@ impl Renderer for SimRenderer {
         self.resources.remove(&id);
     }
 
+    fn detach_backing(&mut self, id: u32) -> Result<(), ProtocolError> {
+        // The guest may reuse those pages now: take what is pending.
+        self.copied += self.resource(id)?.materialize()?;
+        Ok(())
+    }
+
     fn transfer_to_host_2d(
         &mut self,
         id: u32,
@@ -313,16 +410,57 @@ impl Renderer for SimRenderer {
         backing: &Backing,
         mem: &GuestMem,
     ) -> Result<(), ProtocolError> {
-        let res = self.resource(id)?;
+        let res = self
+            .resources
+            .get_mut(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
         if !rect.fits_within(res.width, res.height) {
             return Err(ProtocolError::RectOutsideResource);
         }
         let stride = u64::from(res.width) * 4;
+        let in_place = offset == u64::from(rect.y) * stride + u64::from(rect.x) * 4;
+        if in_place && !res.pixels.is_empty() && !rect.is_empty() {
+            // Laid out as in the image: the pixels stay in the backing until
+            // needed (module doc). A pending rectangle this one does not
+            // cover is copied first; one that covers this one stays as is.
+            let same = |p: &Pending| p.backing == *backing;
+            if res
+                .pending
+                .as_ref()
+                .is_some_and(|p| same(p) && covers(p.rect, rect))
+            {
+                return Ok(());
+            }
+            if !res
+                .pending
+                .as_ref()
+                .is_some_and(|p| same(p) && covers(rect, p.rect))
+            {
+                self.copied += res.materialize()?;
+            }
+            // The backing must hold the rectangle's last byte.
+            let end = u64::from(rect.y + rect.height - 1) * stride
+                + (u64::from(rect.x) + u64::from(rect.width)) * 4;
+            if end > backing.len() {
+                return Err(ProtocolError::TransferBeyondBacking {
+                    needed: end,
+                    backing: backing.len(),
+                });
+            }
+            res.pending = Some(Pending {
+                rect,
+                backing: backing.clone(),
+                mem: mem.clone(),
+            });
+            return Ok(());
+        }
+        self.copied += res.materialize()?;
         let row = rect.width as usize * 4;
         for y in 0..rect.height {
             let src = offset + u64::from(y) * stride;
             let dst = ((rect.y + y) as usize * res.width as usize + rect.x as usize) * 4;
             backing.read(mem, src, &mut res.pixels[dst..dst + row])?;
+            self.copied += row as u64;
         }
         Ok(())
     }
@@ -335,7 +473,12 @@ impl Renderer for SimRenderer {
         backing: &Backing,
         mem: &GuestMem,
     ) -> Result<(), ProtocolError> {
-        let res = self.resource(t.resource_id.0)?;
+        let id = t.resource_id.0;
+        let res = self
+            .resources
+            .get_mut(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
+        self.copied += res.materialize()?;
         let b = t.box3d;
         let fits = matches!(b.end(), Some((r, btm, _)) if r <= res.width && btm <= res.height);
         if !fits || res.pixels.is_empty() || b.d > 1 || b.z > 0 {
@@ -362,21 +505,25 @@ impl Renderer for SimRenderer {
             } else {
                 backing.write(mem, guest, span)?;
             }
+            self.copied += row as u64;
         }
         Ok(())
     }
 
     fn read_rect(&mut self, id: u32, rect: Rect, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
-        let res = self.resource(id)?;
+        let res = self
+            .resources
+            .get_mut(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
         if !rect.fits_within(res.width, res.height) || res.pixels.is_empty() {
             return Err(ProtocolError::RectOutsideResource);
         }
-        out.reserve(rect.width as usize * rect.height as usize * 4);
-        for y in 0..rect.height {
-            let start = ((rect.y + y) as usize * res.width as usize + rect.x as usize) * 4;
-            out.extend_from_slice(&res.pixels[start..start + rect.width as usize * 4]);
-        }
+        self.copied += res.append_rect(rect, out)?;
         Ok(())
+    }
+
+    fn pixel_bytes_copied(&self) -> u64 {
+        self.copied
     }
 
     fn blob_memory(&mut self, id: u32) -> Option<BlobMemory> {
@@ -474,5 +621,169 @@ mod tests {
             assert!(timed_out.is_err());
         })
         .unwrap();
+    }
+}
+
+/// The one-copy display path: transfers laid out as in the image stay in
+/// the backing until a flush reads them (module doc).
+#[cfg(test)]
+mod one_copy {
+    use super::*;
+    use crate::protocol::{Format, MemEntry};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const W: u32 = 8;
+    const H: u32 = 4;
+
+    fn mem() -> GuestMem {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    /// The image's bytes in two entries, split off a row boundary.
+    fn backing(m: &GuestMem) -> Backing {
+        let len = W * H * 4;
+        let first = len / 2 + 12;
+        let entries = vec![
+            MemEntry {
+                addr: 0x4000,
+                length: first,
+            },
+            MemEntry {
+                addr: 0x1000,
+                length: len - first,
+            },
+        ];
+        Backing::new(entries, m).unwrap()
+    }
+
+    /// Fills the whole backing with the byte `v`.
+    fn paint(b: &Backing, m: &GuestMem, v: u8) {
+        b.write(m, 0, &vec![v; b.len() as usize]).unwrap();
+    }
+
+    fn renderer() -> SimRenderer {
+        let mut r = SimRenderer::new(Duration::ZERO);
+        let kind = ResourceKind::Image2d {
+            format: Format::B8G8R8X8Unorm,
+            width: W,
+            height: H,
+        };
+        r.create_resource(1, &kind).unwrap();
+        r
+    }
+
+    fn read(r: &mut SimRenderer, rect: Rect) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.read_rect(1, rect, &mut out).unwrap();
+        out
+    }
+
+    fn offset(rect: Rect) -> u64 {
+        u64::from(rect.y * W + rect.x) * 4
+    }
+
+    const ALL: Rect = Rect::new(0, 0, W, H);
+
+    #[test]
+    fn a_transfer_and_flush_copy_each_pixel_once_from_guest_memory() {
+        let (m, mut r) = (mem(), renderer());
+        let b = backing(&m);
+        paint(&b, &m, 7);
+        r.transfer_to_host_2d(1, ALL, 0, &b, &m).unwrap();
+        assert_eq!(
+            r.pixel_bytes_copied(),
+            0,
+            "the transfer itself copies nothing"
+        );
+        assert_eq!(read(&mut r, ALL), vec![7; (W * H * 4) as usize]);
+        assert_eq!(r.pixel_bytes_copied(), u64::from(W * H * 4));
+        // A partial flush inside the pending rectangle: rows read one by one.
+        let inner = Rect::new(1, 1, 3, 2);
+        assert_eq!(read(&mut r, inner), vec![7; 3 * 2 * 4]);
+        assert_eq!(r.pixel_bytes_copied(), u64::from(W * H * 4) + 3 * 2 * 4);
+    }
+
+    #[test]
+    fn pixels_are_taken_from_the_backing_before_it_is_detached() {
+        let (m, mut r) = (mem(), renderer());
+        let b = backing(&m);
+        paint(&b, &m, 3);
+        r.transfer_to_host_2d(1, ALL, 0, &b, &m).unwrap();
+        r.detach_backing(1).unwrap();
+        paint(&b, &m, 9); // the guest reuses the pages
+        assert_eq!(read(&mut r, ALL), vec![3; (W * H * 4) as usize]);
+    }
+
+    #[test]
+    fn a_transfer_elsewhere_first_takes_the_pending_pixels() {
+        let (m, mut r) = (mem(), renderer());
+        let b = backing(&m);
+        let top = Rect::new(0, 0, W, 2);
+        let bottom = Rect::new(0, 2, W, 2);
+        paint(&b, &m, 1);
+        r.transfer_to_host_2d(1, top, offset(top), &b, &m).unwrap();
+        paint(&b, &m, 2);
+        // Bottom does not cover top: top's pixels are copied now (the 2s).
+        r.transfer_to_host_2d(1, bottom, offset(bottom), &b, &m)
+            .unwrap();
+        paint(&b, &m, 5);
+        // Top comes from the host image, bottom from the backing.
+        let got = read(&mut r, ALL);
+        let half = (W * 2 * 4) as usize;
+        assert_eq!(&got[..half], &vec![2; half][..]);
+        assert_eq!(&got[half..], &vec![5; half][..]);
+        // That flush reached outside the pending rectangle, so it took the
+        // rectangle into the image first: the backing is not read again.
+        paint(&b, &m, 6);
+        assert_eq!(read(&mut r, bottom), vec![5; half]);
+    }
+
+    #[test]
+    fn a_gpu_fill_and_a_3d_read_back_see_the_transferred_pixels() {
+        let (m, mut r) = (mem(), renderer());
+        let b = backing(&m);
+        r.create_context(1, 0, b"").unwrap();
+        paint(&b, &m, 4);
+        r.transfer_to_host_2d(1, ALL, 0, &b, &m).unwrap();
+        r.submit(
+            1,
+            0,
+            &sim_submit_fill(0, false, 1, Rect::new(0, 0, 1, 1), 0x0909_0909),
+        )
+        .unwrap();
+        paint(&b, &m, 0);
+        let got = read(&mut r, Rect::new(0, 0, 2, 1));
+        assert_eq!(got, vec![9, 9, 9, 9, 4, 4, 4, 4]);
+    }
+
+    #[test]
+    fn a_transfer_from_another_layout_is_copied_at_once() {
+        let (m, mut r) = (mem(), renderer());
+        let b = backing(&m);
+        paint(&b, &m, 1);
+        // A 1x1 rectangle at (2, 0) read from backing offset 0: not the
+        // image's layout, so it cannot stay pending.
+        let rect = Rect::new(2, 0, 1, 1);
+        r.transfer_to_host_2d(1, rect, 0, &b, &m).unwrap();
+        assert_eq!(r.pixel_bytes_copied(), 4);
+        paint(&b, &m, 2);
+        assert_eq!(read(&mut r, rect), vec![1; 4]);
+    }
+
+    #[test]
+    fn a_pending_rectangle_must_fit_the_backing() {
+        let (m, mut r) = (mem(), renderer());
+        let short = Backing::new(
+            vec![MemEntry {
+                addr: 0x1000,
+                length: W * 4,
+            }],
+            &m,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.transfer_to_host_2d(1, ALL, 0, &short, &m),
+            Err(ProtocolError::TransferBeyondBacking { .. })
+        ));
     }
 }

@@ -9,6 +9,9 @@
 //!   `SCANOUT` drops the unsent updates of the mode it replaces. If a
 //!   scanout still piles up more than [`MAX_PENDING_BYTES`] of pixels, its
 //!   oldest updates are dropped and counted.
+//! - Pixel buffers come back once sent, replaced or dropped, and are handed
+//!   out again for the next flush ([`Outbox::buffer`]): at 60 fps of full
+//!   frames a fresh allocation per flush costs page faults on every frame.
 
 use std::collections::VecDeque;
 
@@ -17,6 +20,11 @@ use crate::protocol::Rect;
 
 /// Unsent pixel bytes one scanout may hold (four 4K frames).
 pub const MAX_PENDING_BYTES: usize = 4 * 3840 * 2160 * 4;
+/// Unsent updates of one scanout from which the next flush to it sends the
+/// whole scanout (see `DisplaySink::backlogged`).
+pub const BACKLOG_UPDATES: usize = 3;
+/// Bytes of spare pixel buffers kept for reuse.
+pub const MAX_SPARE_BYTES: usize = 64 << 20;
 
 /// A message for the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +63,8 @@ pub struct Outbox {
     scanouts: Vec<VecDeque<Outgoing>>,
     pending_bytes: Vec<usize>,
     next_scanout: usize,
+    /// Pixel buffers to hand out again.
+    spare: Vec<Vec<u8>>,
 }
 
 fn covers(outer: Rect, inner: Rect) -> bool {
@@ -93,6 +103,7 @@ impl Outbox {
         self.cursor.clear();
         self.scanouts.iter_mut().for_each(VecDeque::clear);
         self.pending_bytes.iter_mut().for_each(|b| *b = 0);
+        self.spare.clear();
     }
 
     pub fn push_request(&mut self, code: u32, payload: Vec<u8>) {
@@ -140,6 +151,7 @@ impl Outbox {
             if covered {
                 if let Some(Outgoing::Update { pixels, .. }) = q.remove(k) {
                     self.pending_bytes[i] -= pixels.len();
+                    self.spare.push(pixels);
                 }
                 merged.replaced += 1;
             } else {
@@ -161,10 +173,51 @@ impl Outbox {
             }
             if let Some(Outgoing::Update { pixels, .. }) = q.remove(oldest) {
                 self.pending_bytes[i] -= pixels.len();
+                self.spare.push(pixels);
             }
             merged.dropped += 1;
         }
         merged
+    }
+
+    /// True when `scanout` has at least [`BACKLOG_UPDATES`] unsent updates
+    /// (rectangles none of which covers another: covered ones are replaced
+    /// on arrival).
+    pub fn backlogged(&self, scanout: u32) -> bool {
+        self.scanouts.get(scanout as usize).is_some_and(|q| {
+            q.iter()
+                .filter(|m| matches!(m, Outgoing::Update { .. }))
+                .nth(BACKLOG_UPDATES - 1)
+                .is_some()
+        })
+    }
+
+    /// An empty buffer for `len` bytes of pixels: a spare one when one is
+    /// large enough, else a new one.
+    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.trim_spare();
+        match self.spare.iter().rposition(|b| b.capacity() >= len) {
+            Some(i) => {
+                let mut b = self.spare.swap_remove(i);
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// Takes back a buffer whose pixels were sent.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare.push(buf);
+        self.trim_spare();
+    }
+
+    /// Drops the oldest spare buffers beyond [`MAX_SPARE_BYTES`].
+    fn trim_spare(&mut self) {
+        let mut bytes: usize = self.spare.iter().map(Vec::capacity).sum();
+        while bytes > MAX_SPARE_BYTES && !self.spare.is_empty() {
+            bytes -= self.spare.remove(0).capacity();
+        }
     }
 
     pub fn push_cursor(&mut self, event: CursorEvent) -> Merged {
@@ -334,5 +387,50 @@ mod tests {
         assert!(bytes <= MAX_PENDING_BYTES);
         assert!(matches!(sent.last(), Some(Outgoing::Update { pixels, .. }) if pixels[0] == 9));
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn a_scanout_is_backlogged_from_three_unsent_partial_updates_until_a_whole_one() {
+        let mut o = Outbox::new(2);
+        for i in 0..3u32 {
+            assert!(!o.backlogged(0), "after {i}");
+            update(&mut o, 0, Rect::new(i * 10, 0, 10, 10), 1);
+        }
+        assert!(o.backlogged(0));
+        assert!(!o.backlogged(1), "another scanout's queue is its own");
+        assert!(!o.backlogged(7), "no such scanout");
+        // The whole-scanout update the device sends then replaces them all.
+        assert_eq!(update(&mut o, 0, Rect::new(0, 0, 640, 480), 2).replaced, 3);
+        assert!(!o.backlogged(0));
+    }
+
+    #[test]
+    fn sent_and_replaced_buffers_are_handed_out_again_up_to_a_limit() {
+        let mut o = Outbox::new(1);
+        let frame = Rect::new(0, 0, 64, 64);
+        let len = 64 * 64 * 4;
+        let first = o.buffer(len);
+        assert!(first.is_empty() && first.capacity() >= len);
+        let (a, b) = (vec![1u8; len], vec![2u8; len]);
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        o.push_update(0, frame, a);
+        assert_eq!(o.push_update(0, frame, b).replaced, 1);
+        // The replaced buffer comes back first, empty; the sent one after.
+        let again = o.buffer(len);
+        assert_eq!((again.as_ptr(), again.len()), (pa, 0));
+        let Some(Outgoing::Update { pixels, .. }) = o.pop() else {
+            panic!("the update was not queued");
+        };
+        o.recycle(pixels);
+        let sent = o.buffer(len);
+        assert_eq!(sent.as_ptr(), pb);
+        // A buffer too small for the ask is not handed out.
+        o.recycle(Vec::with_capacity(16));
+        assert!(o.buffer(len).capacity() >= len);
+        // Spares beyond the byte limit are freed.
+        for _ in 0..(MAX_SPARE_BYTES / len + 8) {
+            o.recycle(vec![0; len]);
+        }
+        assert!(o.spare.iter().map(Vec::capacity).sum::<usize>() <= MAX_SPARE_BYTES);
     }
 }

@@ -48,6 +48,11 @@ pub struct DisplayOptions {
     pub update_delay: Duration,
     /// Checks every UPDATE's pixels.
     pub pixel_check: Option<PixelCheck>,
+    /// Keep a framebuffer per scanout that every UPDATE paints (QEMU's
+    /// console surface). Off, updates are still bounds-checked and their
+    /// pixels checked, but not copied anywhere: a load run checks pixels, it
+    /// does not show them, and the copy would eat a core the backend shares.
+    pub framebuffers: bool,
 }
 
 impl fmt::Debug for DisplayOptions {
@@ -59,6 +64,7 @@ impl fmt::Debug for DisplayOptions {
             .field("edid", &self.edid)
             .field("update_delay", &self.update_delay)
             .field("pixel_check", &self.pixel_check.is_some())
+            .field("framebuffers", &self.framebuffers)
             .finish()
     }
 }
@@ -73,6 +79,7 @@ impl Default for DisplayOptions {
             edid: true,
             update_delay: Duration::ZERO,
             pixel_check: None,
+            framebuffers: true,
         }
     }
 }
@@ -199,6 +206,9 @@ pub struct VmmDisplay {
 struct State {
     stats: DisplayStats,
     framebuffers: Vec<Option<Framebuffer>>,
+    /// A scanout whose UPDATEs are applied slowly (a slow display on one
+    /// head), switched on and off while running.
+    slow: Option<(u32, Duration)>,
 }
 
 impl fmt::Debug for VmmDisplay {
@@ -222,6 +232,7 @@ impl VmmDisplay {
                     ..DisplayStats::default()
                 },
                 framebuffers: vec![None; n],
+                slow: None,
             }),
         }
     }
@@ -235,7 +246,14 @@ impl VmmDisplay {
         self.lock().stats.clone()
     }
 
-    /// A copy of a scanout's framebuffer, if it was set.
+    /// From now on, sleep `delay` before applying each UPDATE of `scanout`
+    /// (on top of `update_delay`); `None` ends it.
+    pub fn set_slow_scanout(&self, slow: Option<(u32, Duration)>) {
+        self.lock().slow = slow;
+    }
+
+    /// A copy of a scanout's framebuffer, if it was set (with no pixels
+    /// unless `DisplayOptions::framebuffers`).
     pub fn framebuffer(&self, scanout: u32) -> Option<Framebuffer> {
         self.lock()
             .framebuffers
@@ -298,7 +316,11 @@ impl VmmDisplay {
         *slot = (bytes > 0).then(|| Framebuffer {
             width,
             height,
-            pixels: vec![0; bytes as usize],
+            pixels: if self.opts.framebuffers {
+                vec![0; bytes as usize]
+            } else {
+                Vec::new()
+            },
         });
         st.stats.scanouts_set += 1;
         let s = &mut st.stats.per_scanout[scanout as usize];
@@ -310,8 +332,13 @@ impl VmmDisplay {
     /// UPDATE: checks the pixels, paints them, counts the frame. The check
     /// runs whether or not the rectangle fits: the pixels were delivered.
     pub(crate) fn update(&self, rect: ScanoutRect, pixels: &[u8]) -> Result<(), DisplayError> {
-        if !self.opts.update_delay.is_zero() {
-            std::thread::sleep(self.opts.update_delay);
+        let slow = match self.lock().slow {
+            Some((s, d)) if s == rect.scanout_id => d,
+            _ => Duration::ZERO,
+        };
+        let delay = self.opts.update_delay + slow;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
         }
         let bad = self.opts.pixel_check.as_ref().map_or(0, |check| {
             check(&UpdateView {
@@ -431,7 +458,7 @@ fn paint(
         });
     }
     let row = rect.width as usize * 4;
-    if row == 0 {
+    if row == 0 || fb.pixels.is_empty() {
         return Ok(());
     }
     let stride = fb.width as usize * 4;

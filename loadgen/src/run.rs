@@ -67,7 +67,7 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-fn guest_ram_bytes(plan: &Plan) -> u64 {
+pub fn guest_ram_bytes(plan: &Plan) -> u64 {
     let frame = u64::from(plan.width) * u64::from(plan.height) * 4;
     (frame * plan.desktops as u64 + (64 << 20)).next_power_of_two()
 }

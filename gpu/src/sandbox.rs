@@ -53,26 +53,6 @@ pub enum SeccompMode {
     Kill,
 }
 
-impl SeccompMode {
-    pub const NAMES: [&'static str; 3] = ["off", "log", "kill"];
-}
-
-impl std::str::FromStr for SeccompMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(SeccompMode::Off),
-            "log" => Ok(SeccompMode::Log),
-            "kill" => Ok(SeccompMode::Kill),
-            _ => Err(format!(
-                "unknown seccomp mode {s:?} (one of: {})",
-                SeccompMode::NAMES.join(", ")
-            )),
-        }
-    }
-}
-
 impl fmt::Display for SeccompMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -403,4 +383,50 @@ pub fn install(mode: SeccompMode, profile: Profile) -> Result<(), String> {
             .map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[Allow]) -> std::collections::BTreeSet<i64> {
+        list.iter().map(|a| a.nr).collect()
+    }
+
+    #[test]
+    fn every_profile_compiles_in_every_mode_and_off_installs_nothing() {
+        for profile in [Profile::Sim, Profile::TwoD, Profile::Virgl] {
+            assert!(filters(SeccompMode::Off, profile).unwrap().is_empty());
+            for mode in [SeccompMode::Log, SeccompMode::Kill] {
+                // clone3 → ENOSYS, opens → EACCES, then the allow list.
+                let progs = filters(mode, profile).unwrap();
+                assert_eq!(progs.len(), 3, "{profile:?} {mode}");
+                assert!(progs.iter().all(|p| !p.is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn virgl_adds_to_the_base_list_and_the_base_list_keeps_out_what_it_must() {
+        let base = names(&allowed(Profile::Sim));
+        assert_eq!(base, names(&allowed(Profile::TwoD)));
+        let virgl = names(&allowed(Profile::Virgl));
+        assert!(virgl.is_superset(&base));
+        assert!(virgl.len() > base.len());
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_io_uring_setup,
+            libc::SYS_ptrace,
+            libc::SYS_ioctl,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_kill,
+        ] {
+            assert!(!virgl.contains(&nr), "syscall {nr} is allowed");
+        }
+    }
 }

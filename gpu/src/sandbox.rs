@@ -29,10 +29,10 @@
 //! How the lists were found: `strace -f` of the daemon serving loadgen over
 //! `--socket` for each renderer, everything after `listen(2)`, then the code
 //! paths that run rarely (errors, aborts, `--metrics`, sleeps). The groups
-//! below say who needs each call. Known limit: io_uring operations are not
-//! seen by seccomp; the rings all exist before the filter is installed and
-//! `io_uring_setup` is not allowed after it, but an existing ring could still
-//! be used for any operation it supports.
+//! below say who needs each call. io_uring operations are not seen by
+//! seccomp: the rings all exist before the filter is installed,
+//! `io_uring_setup` is not allowed after it, and each ring accepts only the
+//! reactor's own operations (`IORING_REGISTER_RESTRICTIONS`, in `reactor`).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -210,6 +210,70 @@ fn virgl_daemon_under_the_default_filter_serves_real_frames_and_stops_on_sigterm
     serve_runs_under_the_filter("virgl", &[real(Scenario::None), real(Scenario::Reset)]);
 }
 
+/// `--fd` (how libvirt starts backends): the filter is on for the one
+/// session on the inherited socket, and the daemon exits 0 when the VMM
+/// leaves.
+#[test]
+fn fd_mode_under_the_default_filter_serves_a_run_and_exits_0_when_the_vmm_leaves() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    let dir = work_dir("fd");
+    let log = dir.join("daemon.log");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(DAEMON);
+    cmd.args(["--fd", "3", "--shards", "2", "--outputs", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    // SAFETY: dup2 is async-signal-safe; it gives the child our socket end
+    // as fd 3 without the close-on-exec flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(theirs_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    let p = plan(Profile::ThreeD, Scenario::None);
+    let ram = loadgen::frontend::GuestRam::new(128 << 20).unwrap();
+    let (frontend, driver) =
+        loadgen::frontend::VhostFrontend::from_stream(ours, ram, run::vhost_options(&p))
+            .unwrap_or_else(|e| panic!("session over --fd: {e:?}\n{}", log_text()));
+    let backend = Backend::from_frontend(frontend, "gpu-reactor --fd");
+    let r = run::run(&p, &backend, driver, &mut |_| {});
+    assert_eq!(r.errors, 0, "{:?}\n{}", r.error_samples, log_text());
+    assert_eq!(r.fences_lost, 0, "{}", r.summary());
+    assert!(r.frames > 0, "{}", r.summary());
+    drop(backend);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "gpu-reactor --fd did not exit after the VMM left:\n{}",
+                log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}\n{}", log_text());
+    assert!(
+        log_text().contains("seccomp filter installed"),
+        "{}",
+        log_text()
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// The daemon with `--seccomp-selftest CALL` (and `extra` flags) run to its
 /// end (bounded).
 fn selftest(dir: &Path, call: &str, extra: &[&str]) -> (ExitStatus, String) {

@@ -8,6 +8,7 @@
 //! | [`blob`] | blob map/unmap as async tasks; the `BlobMapper` the VMM side implements |
 //! | [`render`] | the `Renderer` trait and the renderers (`sim`, `rutabaga2d`) |
 //! | [`backing`] | guest pages behind a resource |
+//! | [`sandbox`] | the daemon's seccomp filter, per renderer |
 //! | [`vhost`] | the vhost-user backend: sessions, memory, rings, GPU socket, SHMEM_MAP |
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -18,4 +19,5 @@ pub mod device;
 pub mod fence;
 pub mod protocol;
 pub mod render;
+pub mod sandbox;
 pub mod vhost;

@@ -452,17 +452,54 @@ fn submit_retrying(ring: &IoUring, want: usize) -> io::Result<()> {
 
 /// One ring per shard. Single-issuer and cooperative task running cut the
 /// kernel's cross-CPU work; older kernels fall back to a plain ring.
+///
+/// The ring accepts only the operations this crate submits ([`RING_OPS`],
+/// `IORING_REGISTER_RESTRICTIONS`): io_uring operations bypass seccomp, so
+/// a process that sandboxes itself (gpu-reactor) must not be able to open
+/// files, sockets or connections through its rings. A kernel without
+/// restrictions (before 5.10) gets an unrestricted ring.
 fn new_ring(entries: u32) -> io::Result<IoUring> {
     let tuned = IoUring::builder()
         .setup_single_issuer()
         .setup_coop_taskrun()
         .setup_taskrun_flag()
         .setup_defer_taskrun()
-        .build(entries);
+        .setup_r_disabled()
+        .build(entries)
+        .and_then(restrict);
     match tuned {
         Ok(r) => Ok(r),
-        Err(_) => IoUring::new(entries),
+        Err(_) => match IoUring::builder()
+            .setup_r_disabled()
+            .build(entries)
+            .and_then(restrict)
+        {
+            Ok(r) => Ok(r),
+            Err(_) => IoUring::new(entries),
+        },
     }
+}
+
+/// Every operation the reactor submits; anything else on a ring fails with
+/// `EACCES`. A new kind of op must be added here.
+const RING_OPS: [u8; 7] = [
+    opcode::Nop::CODE,
+    opcode::Read::CODE,
+    opcode::Write::CODE,
+    opcode::PollAdd::CODE,
+    opcode::RecvMsg::CODE,
+    opcode::SendMsg::CODE,
+    opcode::AsyncCancel::CODE,
+];
+
+/// Registers [`RING_OPS`] as the ring's only operations (no SQE flags, no
+/// further `io_uring_register` calls), then enables it; with
+/// `SINGLE_ISSUER`, the calling thread becomes its submitter.
+fn restrict(ring: IoUring) -> io::Result<IoUring> {
+    let mut allowed = RING_OPS.map(io_uring::register::Restriction::sqe_op);
+    ring.submitter().register_restrictions(&mut allowed)?;
+    ring.submitter().register_enable_rings()?;
+    Ok(ring)
 }
 
 /// Timer slack lets the kernel fire a thread's timers up to 50 µs late to
@@ -721,5 +758,34 @@ impl Reactor {
 impl Drop for Reactor {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    /// Submits one SQE on `ring` and returns its CQE's result.
+    fn submit_one(ring: &mut IoUring, entry: squeue::Entry) -> i32 {
+        // SAFETY: the entries own no buffers (a NUL-terminated static path
+        // at most), valid until the completion is reaped below.
+        unsafe { ring.submission().push(&entry).unwrap() };
+        ring.submit_and_wait(1).unwrap();
+        ring.completion().next().unwrap().result()
+    }
+
+    #[test]
+    fn a_shard_ring_runs_the_reactors_ops_and_refuses_any_other() {
+        let mut ring = new_ring(8).unwrap();
+        assert_eq!(submit_one(&mut ring, opcode::Nop::new().build()), 0);
+        // Opening a file, making a socket: what a sandboxed process must
+        // not get through its rings (seccomp does not see ring ops).
+        let path = c"/dev/null";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .flags(libc::O_RDONLY)
+            .build();
+        assert_eq!(submit_one(&mut ring, open), -libc::EACCES);
+        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0).build();
+        assert_eq!(submit_one(&mut ring, socket), -libc::EACCES);
     }
 }

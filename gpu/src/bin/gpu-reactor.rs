@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use gpu::device::{DeviceConfig, MAX_QUEUE_SIZE};
+use gpu::sandbox::{self, SeccompMode};
 use gpu::vhost::{Backend, BackendOptions, Server, SessionEnd};
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,27 @@ enum Renderer {
     TwoD,
     /// virglrenderer on llvmpipe (not built yet).
     Virgl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Seccomp {
+    /// No seccomp filter.
+    Off,
+    /// Allow every call but have the kernel log those not on the allow
+    /// list (audit log / dmesg): for finding what a new code path needs.
+    Log,
+    /// Kill the process (SIGSYS) on a call not on the allow list.
+    Kill,
+}
+
+/// Hidden test hook: a call the filter forbids, made once the filter is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ForbiddenCall {
+    /// socket(AF_INET) on reactor shard 0 (a thread started before the
+    /// filter was installed).
+    Socket,
+    /// execve() of a path that does not exist, on the main thread.
+    Execve,
 }
 
 /// A virtio-gpu vhost-user backend: thread-per-core io_uring shards,
@@ -81,6 +103,16 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
 
+    /// The seccomp sandbox: once started, every thread may make only the
+    /// system calls the daemon needs for its renderer (docs/reliability.md).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Seccomp::Kill)]
+    seccomp: Seccomp,
+
+    /// Test hook: make a forbidden system call right after the filter is
+    /// installed (the sandbox tests).
+    #[arg(long, value_enum, hide = true)]
+    seccomp_selftest: Option<ForbiddenCall>,
+
     /// Print the vhost-user capabilities JSON (as libvirt reads it) and exit.
     #[arg(long)]
     print_capabilities: bool,
@@ -121,6 +153,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let profile = match args.renderer {
+        Renderer::Sim => sandbox::Profile::Sim,
+        Renderer::TwoD => sandbox::Profile::TwoD,
+        Renderer::Virgl => sandbox::Profile::Virgl,
+    };
+    let seccomp = match args.seccomp {
+        Seccomp::Off => SeccompMode::Off,
+        Seccomp::Log => SeccompMode::Log,
+        Seccomp::Kill => SeccompMode::Kill,
+    };
+    // Compiled before anything starts: a filter that cannot be built is a
+    // start-up error, not a surprise after binding the socket.
+    sandbox::filters(seccomp, profile)?;
     let (renderer, renderer_name): (Arc<dyn gpu::render::RendererFactory>, &str) = match args.renderer {
         Renderer::Sim => (Arc::new(gpu::render::sim::SimFactory::default()), "sim"),
         Renderer::TwoD => (Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory), "2d"),
@@ -166,6 +211,7 @@ fn run(args: Args) -> Result<(), String> {
     );
 
     if let Some(fd) = args.fd {
+        enter_sandbox(seccomp, profile, &backend, args.seccomp_selftest)?;
         return serve_fd(backend, fd, signals);
     }
     let Some(path) = args.socket_path else {
@@ -173,12 +219,71 @@ fn run(args: Args) -> Result<(), String> {
     };
     let server = Server::bind(&path, backend.clone())
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    enter_sandbox(seccomp, profile, &backend, args.seccomp_selftest)?;
     let stop = server.stopper();
     spawn_signal_thread(signals, move || stop.stop())?;
     server.run().map_err(|e| format!("accept failed: {e}"))?;
     drop(server);
     shut_down(&backend);
     Ok(())
+}
+
+/// Installs the seccomp filter on every thread (the shards, the renderer's
+/// threads, this one) once the rings, the renderer factory, the listening
+/// socket and the metrics listener exist: none of their set-up calls need
+/// to stay allowed.
+fn enter_sandbox(
+    mode: SeccompMode,
+    profile: sandbox::Profile,
+    backend: &Backend,
+    selftest: Option<ForbiddenCall>,
+) -> Result<(), String> {
+    sandbox::install(mode, profile)?;
+    if mode != SeccompMode::Off {
+        tracing::info!(mode = %mode, "seccomp filter installed on every thread");
+    }
+    match selftest {
+        None => Ok(()),
+        Some(call) => Err(forbidden_call(call, backend)),
+    }
+}
+
+/// `--seccomp-selftest`: makes the call and reports how it came back (under
+/// `--seccomp kill` it does not come back: the kernel kills the process).
+fn forbidden_call(call: ForbiddenCall, backend: &Backend) -> String {
+    match call {
+        ForbiddenCall::Socket => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sent = backend.reactor().shard(0).run(move || {
+                // SAFETY: plain integer arguments; the descriptor, if any,
+                // is closed right away.
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+                if fd >= 0 {
+                    // SAFETY: `fd` was just returned to us.
+                    unsafe { libc::close(fd) };
+                }
+                let _ = tx.send(fd);
+            });
+            match (sent, rx.recv_timeout(Duration::from_secs(10))) {
+                (true, Ok(fd)) => format!("selftest: socket(AF_INET) on shard 0 returned {fd}"),
+                _ => "selftest: shard 0 did not run the call".into(),
+            }
+        }
+        ForbiddenCall::Execve => {
+            // A path that does not exist: allowed, the call fails with
+            // ENOENT and comes back; the filter stops it before any lookup.
+            let path = c"/nonexistent/gpu-reactor-selftest";
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: NUL-terminated path; argv and envp are NULL-terminated
+            // arrays of valid C strings that outlive the call.
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            format!(
+                "selftest: execve returned: {}",
+                std::io::Error::last_os_error()
+            )
+        }
+    }
 }
 
 /// `--fd`: one session on an inherited socket.

@@ -657,3 +657,93 @@ fn a_context_past_its_in_flight_cap_still_runs_its_commands_in_order() {
         "a draw ran out of order"
     );
 }
+
+/// A guest blob shown with SET_SCANOUT_BLOB: a flush reads the damaged
+/// rectangle through the layout's offset and stride, from the guest pages.
+#[test]
+fn flush_of_a_guest_blob_scanout_reads_through_its_layout() {
+    let (b, mut d) = start();
+    let (w, h) = (16u32, 8u32);
+    // Rows padded to 20 pixels, the image 256 bytes into the blob.
+    let (stride, offset) = (20 * 4u32, 256u32);
+    let size = u64::from(offset + stride * h);
+    let pages = d.ram().alloc(size, 4096).unwrap();
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
+    d.ram().memory().write_slice(&bytes, pages).unwrap();
+    ctx_create(&mut d, 1);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceCreateBlob(ResourceCreateBlob {
+            resource_id: ResourceId(9),
+            blob_mem: BlobMem::Guest,
+            blob_flags: BlobFlags::from_wire(0).unwrap(),
+            blob_id: 0,
+            size,
+            entries: vec![MemEntry {
+                addr: pages.0,
+                length: size as u32,
+            }],
+        }))
+        .with_ctx(1),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let layout = BlobScanoutLayout {
+        width: w,
+        height: h,
+        format: Format::B8G8R8X8Unorm,
+        strides: [stride, 0, 0, 0],
+        offsets: [offset, 0, 0, 0],
+    };
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::SetScanoutBlob(SetScanoutBlob {
+            rect: Rect::new(0, 0, w, h),
+            scanout_id: ScanoutId(0),
+            resource_id: ResourceId(9),
+            layout: Some(layout),
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let damage = Rect::new(3, 2, 5, 4);
+    let c = d
+        .call(
+            Queue::Control,
+            &Request::new(GpuCommand::ResourceFlush(ResourceFlush {
+                rect: damage,
+                resource_id: ResourceId(9),
+            }))
+            .with_fence(1),
+            T,
+        )
+        .unwrap();
+    assert_eq!(ok(&c), &Response::OkNodata);
+    let shown = b.display.snapshot();
+    let frame = &shown.frames[&0];
+    for y in 0..h {
+        for x in 0..w {
+            let at = ((y * w + x) * 4) as usize;
+            let inside = x >= 3 && x < 8 && y >= 2 && y < 6;
+            let want = if inside {
+                let src = (offset + y * stride + x * 4) as usize;
+                &bytes[src..src + 4]
+            } else {
+                &[0u8; 4][..]
+            };
+            assert_eq!(&frame[at..at + 4], want, "pixel ({x}, {y})");
+        }
+    }
+    // A layout that does not fit the blob is refused.
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::SetScanoutBlob(SetScanoutBlob {
+            rect: Rect::new(0, 0, w, h),
+            scanout_id: ScanoutId(0),
+            resource_id: ResourceId(9),
+            layout: Some(BlobScanoutLayout {
+                offsets: [offset + stride, 0, 0, 0],
+                ..layout
+            }),
+        })),
+    );
+    assert!(matches!(r, Response::Err(_)), "{r:?}");
+}

@@ -11,7 +11,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::{
+    FileOffset, GuestAddressSpace, GuestMemoryAtomic, MmapRegion, VolatileMemory, WriteVolatile,
+};
 
 use crate::backing::{Backing, GuestMem};
 use crate::blob::{BlobLane, BlobMapper};
@@ -19,16 +21,18 @@ use crate::protocol::wire::{
     VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_MAP_CACHE_CACHED, VIRTIO_GPU_RESP_ERR_UNSPEC,
 };
 use crate::protocol::{BlobMem, GpuCommand, ProtocolError, Rect, Response};
-use crate::render::{GpuWait, Renderer, RendererFactory, ResourceKind};
+use crate::render::{BlobMemory, GpuWait, Renderer, RendererFactory, ResourceKind};
 
 use super::job::{Done, Extra, Job, Reply, ShardMsg};
-use super::scanout::{CursorEvent, DisplaySink};
+use super::scanout::{BlobPlane, CursorEvent, DisplaySink};
 
 /// Cursor images are 64x64 (virtio 1.3, 5.7.6.10).
 const CURSOR_SIZE: u32 = 64;
 
 struct ShardResource {
     backing: Option<Backing>,
+    /// A host blob's memory mapped for reading, once a scanout showed it.
+    host_view: Option<HostBlobView>,
     /// Blob mapping at this region offset, once mapped.
     mapped: Option<(u64, u64)>,
     lane: BlobLane,
@@ -267,7 +271,10 @@ fn run_command(
                 for t in targets {
                     let len = t.src.width as usize * t.src.height as usize * 4;
                     let mut pixels = env.display.pixel_buffer(len);
-                    st.renderer.read_rect(id, t.src, &mut pixels)?;
+                    match t.blob {
+                        Some(plane) => read_blob_rect(st, env, id, plane, t.src, &mut pixels)?,
+                        None => st.renderer.read_rect(id, t.src, &mut pixels)?,
+                    }
                     env.display.update(t.scanout, t.dst, pixels);
                 }
             }
@@ -403,6 +410,74 @@ fn resource(st: &mut State, id: u32) -> Result<&mut ShardResource, ProtocolError
         .ok_or(ProtocolError::UnknownResource(id))
 }
 
+/// Appends the pixels of `rect` of a blob scanout's image to `out`: from
+/// the guest pages of a guest blob, or from a host blob's memory.
+fn read_blob_rect(
+    st: &mut State,
+    env: &ShardEnv,
+    id: u32,
+    plane: BlobPlane,
+    rect: Rect,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let row = rect.width as usize * 4;
+    let at = |y: u32| plane.offset + u64::from(y) * u64::from(plane.stride) + u64::from(rect.x) * 4;
+    if let Some(backing) = &resource(st, id)?.backing {
+        let mem = env.mem.memory();
+        for y in rect.y..rect.y + rect.height {
+            backing.append(&mem, at(y), row, out)?;
+        }
+        return Ok(());
+    }
+    if resource(st, id)?.host_view.is_none() {
+        let blob = st
+            .renderer
+            .blob_memory(id)
+            .ok_or(ProtocolError::NoBacking(id))?;
+        resource(st, id)?.host_view = Some(HostBlobView::new(&blob)?);
+    }
+    let Some(view) = &resource(st, id)?.host_view else {
+        return Err(ProtocolError::NoBacking(id));
+    };
+    for y in rect.y..rect.y + rect.height {
+        view.append(at(y), row, out)?;
+    }
+    Ok(())
+}
+
+/// A host blob's memory mapped read-only (scanout read-back).
+struct HostBlobView {
+    region: MmapRegion<()>,
+}
+
+impl HostBlobView {
+    fn new(blob: &BlobMemory) -> Result<Self, ProtocolError> {
+        let too_big = ProtocolError::OutOfMemory {
+            requested: blob.size,
+        };
+        let size = usize::try_from(blob.size).map_err(|_| too_big.clone())?;
+        let fd = blob.fd.try_clone().map_err(|_| too_big.clone())?;
+        let file = FileOffset::new(std::fs::File::from(fd), blob.offset);
+        let region = MmapRegion::build(Some(file), size, libc::PROT_READ, libc::MAP_SHARED)
+            .map_err(|_| too_big)?;
+        Ok(HostBlobView { region })
+    }
+
+    fn append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        let beyond = ProtocolError::ScanoutBeyondBlob {
+            needed: offset.saturating_add(len as u64),
+            blob_size: self.region.size() as u64,
+        };
+        let at = usize::try_from(offset).map_err(|_| beyond.clone())?;
+        let slice = self
+            .region
+            .as_volatile_slice()
+            .subslice(at, len)
+            .map_err(|_| beyond.clone())?;
+        out.write_all_volatile(&slice).map_err(|_| beyond)
+    }
+}
+
 fn create(
     st: &mut State,
     id: u32,
@@ -417,6 +492,7 @@ fn create(
         id,
         ShardResource {
             backing,
+            host_view: None,
             mapped: None,
             lane: BlobLane::default(),
             host_blob: matches!(kind, ResourceKind::HostBlob { .. }),

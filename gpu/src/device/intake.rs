@@ -21,7 +21,7 @@ use vm_memory::GuestAddressSpace;
 use super::directory::Shape;
 use super::job::{Done, Extra, Job, QueueKind, Reply, ShardMsg};
 use super::owner::{Owner, OwnerRef};
-use super::scanout::{Binding, CursorEvent, ScanoutMode};
+use super::scanout::{Binding, BlobPlane, CursorEvent, ScanoutMode};
 
 /// The intake task of one queue: drain, re-enable notifications, wait for a
 /// kick (an eventfd read on the ring), repeat.
@@ -277,7 +277,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 } => f,
                 _ => return Err(ProtocolError::RectOutsideResource),
             };
-            o.show(id, s.resource_id.0, s.rect, format);
+            o.show(id, s.resource_id.0, s.rect, format, None);
             Ok(Route::Here(Response::OkNodata))
         }
         GpuCommand::SetScanoutBlob(s) => {
@@ -301,7 +301,11 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                     blob_size: size,
                 });
             }
-            o.show(id, s.resource_id.0, s.rect, layout.format);
+            let plane = BlobPlane {
+                offset: u64::from(layout.offsets[0]),
+                stride: layout.strides[0],
+            };
+            o.show(id, s.resource_id.0, s.rect, layout.format, Some(plane));
             Ok(Route::Here(Response::OkNodata))
         }
         GpuCommand::ResourceCreate2d(c) => {
@@ -370,7 +374,13 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
             Extra::None,
         )),
         GpuCommand::ResourceFlush(f) => {
-            let s = o.directory.check_rect(f.resource_id.0, f.rect)?.shard;
+            // A blob has no image size of its own: its scanouts' layouts say
+            // where the pixels are, and flush_targets clips to them.
+            let e = o.directory.resource(f.resource_id.0)?;
+            let s = match e.shape {
+                Shape::Blob { .. } => e.shard,
+                _ => o.directory.check_rect(f.resource_id.0, f.rect)?.shard,
+            };
             let display = &o.shared.display;
             let targets = o
                 .scanouts
@@ -455,8 +465,22 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
 
 impl Owner {
     /// Scanout `id` shows `rect` of `resource` from now on.
-    fn show(&mut self, id: u32, resource: u32, rect: Rect, format: Format) {
-        self.scanouts.bind(id, Some(Binding { resource, rect }));
+    fn show(
+        &mut self,
+        id: u32,
+        resource: u32,
+        rect: Rect,
+        format: Format,
+        blob: Option<BlobPlane>,
+    ) {
+        self.scanouts.bind(
+            id,
+            Some(Binding {
+                resource,
+                rect,
+                blob,
+            }),
+        );
         let mode = ScanoutMode {
             width: rect.width,
             height: rect.height,

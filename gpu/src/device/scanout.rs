@@ -154,6 +154,16 @@ pub struct Binding {
     pub resource: u32,
     /// The part of the resource shown; its size is the scanout's mode.
     pub rect: Rect,
+    /// `SET_SCANOUT_BLOB`: where the image lies in the blob.
+    pub blob: Option<BlobPlane>,
+}
+
+/// A blob scanout's image (plane 0, 4 bytes per pixel): pixel (x, y) is at
+/// byte `offset + y * stride + x * 4` of the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobPlane {
+    pub offset: u64,
+    pub stride: u32,
 }
 
 /// A piece of a flush: `src` of the resource goes to `dst` on `scanout`.
@@ -162,6 +172,8 @@ pub struct FlushTarget {
     pub scanout: u32,
     pub src: Rect,
     pub dst: Rect,
+    /// Set when the scanout shows a blob: read the pixels there.
+    pub blob: Option<BlobPlane>,
 }
 
 /// The scanout table, kept by the display (queue owner) shard.
@@ -238,6 +250,7 @@ impl Scanouts {
                 scanout: i as u32,
                 src,
                 dst: Rect::new(src.x - b.rect.x, src.y - b.rect.y, src.width, src.height),
+                blob: b.blob,
             });
         }
         out
@@ -266,6 +279,7 @@ mod tests {
             Some(Binding {
                 resource: 7,
                 rect: Rect::new(0, 0, 100, 100),
+                blob: None,
             }),
         );
         s.bind(
@@ -273,6 +287,7 @@ mod tests {
             Some(Binding {
                 resource: 7,
                 rect: Rect::new(100, 0, 100, 100),
+                blob: None,
             }),
         );
         let t = s.flush_targets(7, Rect::new(90, 10, 20, 5), |_| false);
@@ -282,12 +297,14 @@ mod tests {
                 FlushTarget {
                     scanout: 0,
                     src: Rect::new(90, 10, 10, 5),
-                    dst: Rect::new(90, 10, 10, 5)
+                    dst: Rect::new(90, 10, 10, 5),
+                    blob: None,
                 },
                 FlushTarget {
                     scanout: 1,
                     src: Rect::new(100, 10, 10, 5),
-                    dst: Rect::new(0, 10, 10, 5)
+                    dst: Rect::new(0, 10, 10, 5),
+                    blob: None,
                 },
             ]
         );

@@ -265,6 +265,34 @@ impl HostVisibleRegion {
         Ok(())
     }
 
+    /// Copies bytes into one live writable mapping (what the guest does
+    /// through a mapped blob).
+    pub fn write(&self, shm_offset: u64, buf: &[u8]) -> Result<(), ShmemError> {
+        let len = buf.len() as u64;
+        let maps = self.lock();
+        let inside = maps
+            .range(..=shm_offset)
+            .next_back()
+            .is_some_and(|(_, m)| m.writable && shm_offset + len <= m.offset + m.len);
+        if !inside || len == 0 {
+            return Err(ShmemError::NotMapped {
+                offset: shm_offset,
+                len,
+            });
+        }
+        // SAFETY: the destination range lies inside one live mapping made
+        // with PROT_WRITE (checked under the lock, which also keeps it from
+        // being unmapped during the copy) and cannot overlap `buf`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buf.as_ptr(),
+                (self.base + shm_offset as usize) as *mut u8,
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<(), ShmemError> {
         let end = offset.checked_add(len);
         if len == 0 || end.is_none_or(|e| e > self.size) {

@@ -722,7 +722,7 @@ fn flush_of_a_guest_blob_scanout_reads_through_its_layout() {
     for y in 0..h {
         for x in 0..w {
             let at = ((y * w + x) * 4) as usize;
-            let inside = x >= 3 && x < 8 && y >= 2 && y < 6;
+            let inside = (3..8).contains(&x) && (2..6).contains(&y);
             let want = if inside {
                 let src = (offset + y * stride + x * 4) as usize;
                 &bytes[src..src + 4]

@@ -258,9 +258,12 @@ struct PeersArgs {
     /// Seconds per peer and profile.
     #[arg(long, default_value = "5", value_parser = seconds)]
     duration: std::time::Duration,
-    /// Desktops (60 fps each, full-frame 1280x800 flushes in 2d).
+    /// Desktops (full-frame 1280x800 flushes in 2d).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=255))]
     desktops: u16,
+    /// Frames per second per desktop; 0 runs unthrottled (throughput).
+    #[arg(long, default_value_t = 60)]
+    fps: u32,
     /// History file the `peers` line is appended to.
     #[arg(long, default_value = history::DEFAULT_PATH)]
     history: PathBuf,
@@ -271,10 +274,14 @@ fn run_peers(args: PeersArgs) -> Result<(), String> {
         desktops: args.desktops as usize,
         duration: args.duration,
         shards: default_shards(),
+        fps: args.fps,
     };
     let stamp = history::Stamp::now();
     let rows = peers::run(&opts, |l| eprintln!("bench peers: {l}"));
-    print!("{}", peers::render_table(&rows));
+    print!(
+        "{}",
+        peers::render_table(&rows, opts.duration.as_secs_f64())
+    );
     history::append(&args.history, &[peers::record(&stamp, &opts, rows)])
 }
 

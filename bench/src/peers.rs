@@ -69,6 +69,8 @@ pub struct Options {
     pub desktops: usize,
     pub duration: Duration,
     pub shards: usize,
+    /// Frames per second per desktop (0: unthrottled, for throughput).
+    pub fps: u32,
 }
 
 /// Kills a peer process on every path.
@@ -208,6 +210,7 @@ pub fn plan(profile: Profile, opts: &Options) -> Plan {
         profile,
         fence_mode: FenceMode::Ring,
         full_damage: profile == Profile::TwoD,
+        fps: opts.fps,
         ..Plan::default()
     }
 }
@@ -327,7 +330,7 @@ pub fn record(stamp: &Stamp, opts: &Options, rows: Vec<PeerRow>) -> Record {
         params: [
             ("desktops".to_string(), json!(opts.desktops)),
             ("duration_s".to_string(), json!(opts.duration.as_secs_f64())),
-            ("fps".to_string(), json!(Plan::default().fps)),
+            ("fps".to_string(), json!(opts.fps)),
         ]
         .into_iter()
         .collect(),
@@ -336,27 +339,38 @@ pub fn record(stamp: &Stamp, opts: &Options, rows: Vec<PeerRow>) -> Record {
     }
 }
 
-pub fn render_table(rows: &[PeerRow]) -> String {
+/// The table `bench peers` prints; `duration_s` is each run's length.
+pub fn render_table(rows: &[PeerRow], duration_s: f64) -> String {
+    let duration_s = duration_s.max(1e-9);
     let mut s = format!(
-        "{:<26} {:>4} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  could not\n",
-        "peer", "prof", "frames/s", "p50 µs", "p99 µs", "delivered", "fps ÷gr", "p99 ÷gr"
+        "{:<26} {:>4} {:>9} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8}  could not\n",
+        "peer",
+        "prof",
+        "frames/s",
+        "p50 µs",
+        "p99 µs",
+        "delivered",
+        "delivered/s",
+        "fps ÷gr",
+        "p99 ÷gr"
     );
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     for r in rows {
         let body = if r.ran {
             format!(
-                "{:>9.0} {:>9} {:>9} {:>9} {:>8} {:>8}",
+                "{:>9.0} {:>9} {:>9} {:>9} {:>11.0} {:>8} {:>8}",
                 r.frames_per_s,
                 r.fence_p50_us,
                 r.fence_p99_us,
                 r.frames_delivered,
+                r.frames_delivered as f64 / duration_s,
                 opt(r.frames_ratio),
                 opt(r.p99_ratio)
             )
         } else {
             format!(
-                "{:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-                "-", "-", "-", "-", "-", "-"
+                "{:>9} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8}",
+                "-", "-", "-", "-", "-", "-", "-"
             )
         };
         s.push_str(&format!(
@@ -416,6 +430,7 @@ mod tests {
                 desktops: 2,
                 duration: Duration::from_secs(1),
                 shards: 1,
+                fps: 60,
             },
         );
         let r = Report {

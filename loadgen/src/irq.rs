@@ -8,10 +8,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+/// Scheduler slice (µs) the interrupt thread asks for: it timestamps
+/// completions, so it should get a CPU when an interrupt wakes it, not when
+/// a busy thread's slice ends (`reactor::request_slice`). 0: the kernel's.
+pub static IRQ_SLICE_US: AtomicU64 = AtomicU64::new(0);
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -80,9 +85,16 @@ impl Irq {
         let wake = eventfd(libc::EFD_NONBLOCK)?;
         let stop_fd = eventfd(libc::EFD_NONBLOCK)?;
         let (sh, wake2, stop2) = (shared.clone(), wake.try_clone()?, stop_fd.try_clone()?);
+        let slice = IRQ_SLICE_US.load(Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("guest-irq".into())
-            .spawn(move || irq_loop(&sh, &mem, used, &calls, &wake2, &stop2))?;
+            .spawn(move || {
+                if slice > 0 {
+                    // Best effort: a kernel without custom slices keeps its own.
+                    let _ = reactor::request_slice(std::time::Duration::from_micros(slice));
+                }
+                irq_loop(&sh, &mem, used, &calls, &wake2, &stop2)
+            })?;
         Ok(Irq {
             shared,
             wake,

@@ -87,6 +87,10 @@ struct Args {
     /// desktop 0's while it is stressed (10000 there unless set).
     #[arg(long, default_value_t = 0)]
     vmm_display_delay_us: u64,
+    /// Scheduler slice (µs) the embedded backend's shards and loadgen's
+    /// interrupt thread ask for (Linux 6.12+ EEVDF); 0: the kernel's.
+    #[arg(long, default_value_t = 0)]
+    slice_us: u64,
     /// Write the JSON report to PATH, or `-` for stdout.
     #[arg(long)]
     json: Option<String>,
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
         render: args.render,
         mem_table: args.mem_table,
         display_delay: Duration::from_micros(args.vmm_display_delay_us),
+        latency_slice: (args.slice_us > 0).then(|| Duration::from_micros(args.slice_us)),
         ..Plan::default()
     };
     let shards = args
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
     if args.pin {
         pin_to_last_cpu();
     }
+    loadgen::irq::IRQ_SLICE_US.store(args.slice_us, std::sync::atomic::Ordering::Relaxed);
     if args.direct && (plan.scenario == Scenario::SlowDisplay || !plan.display_delay.is_zero()) {
         eprintln!(
             "loadgen: --direct has no GPU socket for a slow display to hold up: \

@@ -163,6 +163,7 @@ impl Backend {
                 },
                 host_visible_region: (plan.desktops as u64 + 1) << 20,
                 renderer,
+                latency_slice: plan.latency_slice,
                 ..gpu::vhost::BackendOptions::default()
             })
             .map_err(StartError::Io)?,

@@ -226,6 +226,8 @@ pub struct Plan {
     /// The VMM applies each UPDATE this late: on every scanout, or under
     /// `slow-display` only on desktop 0's while it is stressed.
     pub display_delay: Duration,
+    /// Scheduler slice the embedded backend's shards ask for.
+    pub latency_slice: Option<Duration>,
 }
 
 impl Default for Plan {
@@ -249,6 +251,7 @@ impl Default for Plan {
             no_reply_ack: false,
             mem_table: crate::frontend::vhost::MemTableMode::Auto,
             display_delay: Duration::ZERO,
+            latency_slice: None,
         }
     }
 }

@@ -48,6 +48,8 @@ pub mod time;
 pub use abort::{abortable, AbortHandle, Abortable, Aborted};
 pub use channel_impl::{channel, Receiver, SendError, Sender};
 pub use oneshot::{Canceled, JoinHandle};
-pub use shard::{block_on, current_shard, stats, Builder, Reactor, ShardHandle, ShardStats};
+pub use shard::{
+    block_on, current_shard, request_slice, stats, Builder, Reactor, ShardHandle, ShardStats,
+};
 pub use stall::StallReport;
 pub use task::{spawn_local, spawn_local_named, yield_now};

@@ -33,6 +33,8 @@ pub struct BackendOptions {
     pub blob_reply_timeout: Duration,
     /// Host-visible region offered for blobs (bytes; 0: none).
     pub host_visible_region: u64,
+    /// Scheduler slice the shard threads ask for (`reactor::request_slice`).
+    pub latency_slice: Option<Duration>,
 }
 
 impl Default for BackendOptions {
@@ -46,6 +48,7 @@ impl Default for BackendOptions {
             display_reply_timeout: Duration::from_secs(2),
             blob_reply_timeout: Duration::from_secs(10),
             host_visible_region: 256 << 20,
+            latency_slice: None,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Backend {
         }
         let reactor = reactor::Reactor::builder()
             .shards(opts.shards)
+            .latency_slice(opts.latency_slice)
             .name("gpu")
             .stall_threshold(opts.stall_warn)
             .build()?;

@@ -105,6 +105,8 @@ pub(crate) struct DeviceShared {
     pub placement: Vec<usize>,
     pub display: Arc<dyn DisplaySink>,
     pub blob: Arc<dyn BlobMapper>,
+    /// For the renderer's own metrics (render workers).
+    pub renderer: Arc<dyn RendererFactory>,
 }
 
 /// A virtio-gpu device running on a reactor.
@@ -180,6 +182,7 @@ impl Device {
             placement,
             display,
             blob,
+            renderer,
         });
         let (owner_tx, owner_rx) = reactor::channel();
         let (s, m) = (shared.clone(), mem.clone());

@@ -217,6 +217,12 @@ pub struct Plan {
     pub no_reply_ack: bool,
     /// vhost-user frontend behaviour: which memory message to send.
     pub mem_table: crate::frontend::vhost::MemTableMode,
+    /// The embedded virgl backend's render worker processes (`None`:
+    /// virglrenderer on a render shard of this process).
+    pub render_workers: Option<usize>,
+    /// The binary render workers run (`None`: this one, re-executed; it
+    /// must call `gpu::render::virgl::worker::run_if_requested`).
+    pub render_worker_exe: Option<std::path::PathBuf>,
 }
 
 impl Default for Plan {
@@ -239,6 +245,8 @@ impl Default for Plan {
             render: RenderMode::Sim,
             no_reply_ack: false,
             mem_table: crate::frontend::vhost::MemTableMode::Auto,
+            render_workers: None,
+            render_worker_exe: None,
         }
     }
 }

@@ -24,6 +24,9 @@ const TARGET_2D: u32 = 2;
 const BIND: u32 = 1 << 1 | 1 << 3;
 
 fn start(workers: usize, watchdog: Duration) -> (DirectBackend, GpuDriver, Arc<WorkerStats>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("gpu=info")
+        .try_init();
     let mut o = WorkerOptions::new(workers, WorkerExe::at(env!("CARGO_BIN_EXE_gpu-reactor")));
     o.watchdog = watchdog;
     let factory = WorkerPoolFactory::new(o).expect("a render worker starts headless");
@@ -243,7 +246,7 @@ fn virgl_resource_of_another_worker_is_refused_with_invalid_resource_id() {
 
 #[test]
 fn virgl_worker_killed_loses_only_its_contexts_and_is_restarted() {
-    let (_b, mut d, stats) = start(2, Duration::from_secs(10));
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
     for ctx in [1, 2] {
         assert_eq!(create_ctx(&mut d, ctx), Response::OkNodata);
         create_target(&mut d, 10 + ctx);
@@ -281,11 +284,21 @@ fn virgl_worker_killed_loses_only_its_contexts_and_is_restarted() {
         clear(&mut d, 3, 13, [0.0, 1.0, 0.0, 1.0], 1),
         Response::OkNodata
     );
+    // The loss is in the device's Prometheus text.
+    let text = b.device.metrics().unwrap();
+    for line in [
+        "gpu_reactor_render_workers 2",
+        "gpu_reactor_render_worker_losses_total 1",
+        "gpu_reactor_render_worker_restarts_total 1",
+        "gpu_reactor_render_contexts_lost_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
 }
 
 #[test]
 fn virgl_worker_stopped_past_the_watchdog_is_killed_and_its_command_fails() {
-    let (_b, mut d, stats) = start(2, Duration::from_millis(300));
+    let (_b, mut d, stats) = start(2, Duration::from_secs(1));
     for ctx in [1, 2] {
         assert_eq!(create_ctx(&mut d, ctx), Response::OkNodata);
         create_target(&mut d, 10 + ctx);

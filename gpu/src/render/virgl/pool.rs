@@ -506,7 +506,8 @@ struct Link {
     /// (guest address, size, host address) of the memory table sent.
     mem_key: Vec<(u64, u64, usize)>,
     contexts: usize,
-    ready: bool,
+    /// When the worker said it was ready (its library up).
+    ready: Option<Instant>,
     started: Instant,
     tasks: Vec<reactor::AbortHandle>,
 }
@@ -539,7 +540,7 @@ impl Link {
             readback,
             mem_key: Vec::new(),
             contexts: 0,
-            ready: false,
+            ready: None,
             started: Instant::now(),
             tasks: Vec::new(),
         }));
@@ -677,7 +678,7 @@ async fn read_events(
                 let mut l = link.borrow_mut();
                 match wire::decode_event(&body) {
                     Ok(Event::Ready(_)) => {
-                        l.ready = true;
+                        l.ready = Some(Instant::now());
                         None
                     }
                     Ok(Event::Reply { seq, rc }) => l.owed.remove(&seq).map(|o| {
@@ -719,12 +720,19 @@ async fn watchdog(link: Weak<RefCell<Link>>, deadline: Duration, slot: usize) {
         let Some(link) = link.upgrade() else { return };
         let mut l = link.borrow_mut();
         let now = Instant::now();
-        let late = l
-            .owed
-            .values()
-            .find(|o| !matches!(o.kind, OwedKind::Fence(_)))
-            .is_some_and(|o| now - o.sent > deadline);
-        let stuck = !l.ready && now - l.started > STARTUP_DEADLINE;
+        // Requests queued while the worker was still starting are timed
+        // from when it was ready: start-up has its own, longer deadline.
+        let (late, stuck) = match l.ready {
+            Some(ready) => {
+                let late = l
+                    .owed
+                    .values()
+                    .find(|o| !matches!(o.kind, OwedKind::Fence(_)))
+                    .is_some_and(|o| now - o.sent.max(ready) > deadline);
+                (late, false)
+            }
+            None => (false, now - l.started > STARTUP_DEADLINE),
+        };
         if late || stuck {
             tracing::error!(
                 slot,
@@ -753,7 +761,7 @@ fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &s
             return;
         }
         let owed = l.shut();
-        let (pid, was_ready) = (l.pid, l.ready);
+        let (pid, was_ready) = (l.pid, l.ready.is_some());
         drop(l);
         let lost: Vec<u32> = p
             .contexts

@@ -259,7 +259,10 @@ fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
     std::fs::File::from(shm.try_clone()?).set_len(SHM_SIZE)?;
     let (t, s) = (theirs.as_raw_fd(), shm.as_raw_fd());
     let mut cmd = Command::new(&exe.program);
-    cmd.args(&exe.args).stdin(Stdio::null());
+    // What `ps` shows (the program may be `/proc/self/exe`).
+    cmd.arg0("gpu-render-worker")
+        .args(&exe.args)
+        .stdin(Stdio::null());
     // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
     // dup2) on descriptors this process owns. The copies above 10 make
     // sure placing one on 3 or 4 cannot clobber the other; they are

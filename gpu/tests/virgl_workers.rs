@@ -230,11 +230,19 @@ fn virgl_resource_of_another_worker_is_refused_with_invalid_resource_id() {
     create_target(&mut d, 5);
     // The first attach places the resource on context 1's worker.
     assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    // Context 2 has rendered on its own worker: it stays there.
+    create_target(&mut d, 6);
+    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
+        Response::OkNodata
+    );
     assert_eq!(
         attach(&mut d, 2, 5),
         Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
     );
     assert_eq!(stats.cross_worker_refusals(), 1);
+    assert_eq!(stats.context_moves(), 0);
     // The owner keeps rendering it.
     assert_eq!(
         clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 3),
@@ -242,6 +250,34 @@ fn virgl_resource_of_another_worker_is_refused_with_invalid_resource_id() {
     );
     let frame = flush_and_look(&b, &mut d, 5);
     assert!(frame.chunks(4).all(|px| px == [255, 0, 0, 255]));
+}
+
+#[test]
+fn virgl_fresh_context_moves_to_the_worker_of_the_resource_it_attaches() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
+    let first = slot_of(&stats, 1);
+    assert_ne!(slot_of(&stats, 2), first);
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    // Context 2 has done nothing yet: sharing resource 5 moves it to
+    // context 1's worker, where it can render into it.
+    assert_eq!(attach(&mut d, 2, 5), Response::OkNodata);
+    assert_eq!(stats.context_moves(), 1);
+    assert_eq!(slot_of(&stats, 2), first);
+    assert_eq!(stats.slots()[1 - first].contexts, Vec::<u32>::new());
+    assert_eq!(
+        clear(&mut d, 2, 5, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    let frame = flush_and_look(&b, &mut d, 5);
+    assert!(frame.chunks(4).all(|px| px == [0, 255, 0, 255]));
+    assert_eq!(stats.cross_worker_refusals(), 0);
 }
 
 #[test]

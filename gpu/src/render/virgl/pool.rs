@@ -14,8 +14,10 @@
 //!   contexts at CTX_CREATE. A resource is created on a worker the first
 //!   time it is used: on the worker of the first context it is attached to
 //!   (or transferred by), else the least loaded. From then on it lives
-//!   there; a context on another worker that attaches or transfers it gets
-//!   `ResourceOnOtherWorker` (docs/decisions/0005-render-workers.md).
+//!   there. A context that has done nothing yet and attaches a resource
+//!   living elsewhere moves to that worker; any other context on another
+//!   worker that attaches or transfers it gets `ResourceOnOtherWorker`
+//!   (docs/decisions/0005-render-workers.md).
 //! - **Guest memory** is shared, not copied: the guest RAM fds (memfds
 //!   from the VMM or loadgen) go to each worker once per memory table;
 //!   transfers name guest addresses.
@@ -124,6 +126,7 @@ pub struct WorkerStats {
     restarts: AtomicU64,
     contexts_lost: AtomicU64,
     cross_worker_refusals: AtomicU64,
+    context_moves: AtomicU64,
     slots: Mutex<Vec<SlotView>>,
 }
 
@@ -142,6 +145,11 @@ impl WorkerStats {
     /// Attaches or transfers refused because the resource lives elsewhere.
     pub fn cross_worker_refusals(&self) -> u64 {
         self.cross_worker_refusals.load(Ordering::Relaxed)
+    }
+    /// Fresh contexts moved to the worker of the first resource they
+    /// attached.
+    pub fn context_moves(&self) -> u64 {
+        self.context_moves.load(Ordering::Relaxed)
     }
     /// The slots of the current pool.
     pub fn slots(&self) -> Vec<SlotView> {
@@ -230,6 +238,12 @@ impl RendererFactory for WorkerPoolFactory {
             "counter",
             "Contexts lost with their render worker.",
             s.contexts_lost(),
+        );
+        metric(
+            "render_context_moves_total",
+            "counter",
+            "Fresh contexts moved to the render worker of the first resource they attached.",
+            s.context_moves(),
         );
         metric(
             "render_cross_worker_refusals_total",
@@ -819,6 +833,9 @@ struct Pool {
     stats: Arc<WorkerStats>,
     links: Vec<Option<Rc<RefCell<Link>>>>,
     contexts: HashMap<u32, Placed>,
+    /// Contexts that have done nothing yet (no submit, fence, attach or
+    /// transfer), with what created them: they may still move.
+    fresh: HashMap<u32, (u8, Vec<u8>)>,
     resources: HashMap<u32, PoolResource>,
 }
 
@@ -913,6 +930,33 @@ impl Pool {
         Err(ProtocolError::ResourceOnOtherWorker { resource: id, ctx })
     }
 
+    /// Moves context `ctx` from `from` to `to` (it has done nothing yet, so
+    /// there is nothing of it to carry over).
+    fn move_context(&mut self, ctx: u32, from: Placed, to: Placed) -> Option<ReplyWait> {
+        let (capset, name) = self.fresh.get(&ctx).cloned()?;
+        let new = self.link(to)?;
+        if let Some(old) = self.link(from) {
+            let mut l = old.borrow_mut();
+            l.contexts = l.contexts.saturating_sub(1);
+            l.send(Request::CtxDestroy(ctx), Vec::new(), ctx, OwedKind::Nothing);
+        }
+        let wait = {
+            let mut l = new.borrow_mut();
+            l.contexts += 1;
+            l.request(Request::CtxCreate { ctx, capset, name }, ctx)
+        };
+        self.contexts.insert(ctx, to);
+        self.stats.context_moves.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            ctx,
+            from = from.slot,
+            to = to.slot,
+            "context follows its first resource"
+        );
+        self.publish();
+        Some(wait)
+    }
+
     /// Tells the stats what each slot holds now.
     fn publish(&self) {
         let mut view: Vec<SlotView> = self
@@ -960,6 +1004,7 @@ impl WorkerPool {
             stats,
             links: Vec::with_capacity(n),
             contexts: HashMap::new(),
+            fresh: HashMap::new(),
             resources: HashMap::new(),
         }));
         for slot in 0..n {
@@ -1007,6 +1052,7 @@ impl WorkerPool {
             0 => None,
             ctx => p.contexts.get(&ctx).copied(),
         };
+        p.fresh.remove(&ctx);
         let (home, link, created) = p.place(id, want)?;
         if let Some(want) = want {
             p.refuse_elsewhere(id, ctx, home, want)?;
@@ -1048,6 +1094,7 @@ impl Renderer for WorkerPool {
             .ok_or(ProtocolError::RenderWorkerLost(ctx))?;
         let link = p.link(at).ok_or(ProtocolError::RenderWorkerLost(ctx))?;
         p.contexts.insert(ctx, at);
+        p.fresh.insert(ctx, (capset_id, name.to_vec()));
         let wait = {
             let mut l = link.borrow_mut();
             l.contexts += 1;
@@ -1069,6 +1116,7 @@ impl Renderer for WorkerPool {
 
     fn destroy_context(&mut self, ctx: u32) {
         let mut p = self.pool.borrow_mut();
+        p.fresh.remove(&ctx);
         let Some(at) = p.contexts.remove(&ctx) else {
             return;
         };
@@ -1082,10 +1130,23 @@ impl Renderer for WorkerPool {
 
     fn attach_resource(&mut self, ctx: u32, id: u32) -> Result<(), ProtocolError> {
         let mut p = self.pool.borrow_mut();
-        let (at, _) = p.context(ctx)?;
+        let (mut at, _) = p.context(ctx)?;
+        // A context that has done nothing yet follows an existing resource
+        // to its worker, so contexts sharing resources end up together
+        // (a compositor importing a client's buffer first).
+        let home = p.resources.get(&id).and_then(|r| r.home);
+        let mut moved = None;
+        if let Some(home) = home.filter(|h| h.slot != at.slot) {
+            moved = p.move_context(ctx, at, home);
+            if moved.is_some() {
+                at = home;
+            }
+        }
+        p.fresh.remove(&ctx);
         let (home, link, created) = p.place(id, Some(at))?;
         p.refuse_elsewhere(id, ctx, home, at)?;
         drop(p);
+        self.owe(moved);
         self.owe(created);
         let wait = link
             .borrow_mut()
@@ -1118,7 +1179,11 @@ impl Renderer for WorkerPool {
         if !cmds.len().is_multiple_of(4) {
             return Err(ProtocolError::RendererFailed(libc::EINVAL));
         }
-        let (_, link) = self.pool.borrow().context(ctx)?;
+        let (_, link) = {
+            let mut p = self.pool.borrow_mut();
+            p.fresh.remove(&ctx);
+            p.context(ctx)?
+        };
         let wait = link.borrow_mut().request(
             Request::Submit {
                 ctx,
@@ -1135,7 +1200,11 @@ impl Renderer for WorkerPool {
         // ctx 0 work (transfers, read-back) is done once its replies are
         // in, which the device awaits before the fence: nothing to wait
         // for. A lost context's fences complete at once: never lost.
-        let Ok((_, link)) = self.pool.borrow().context(ctx) else {
+        let Ok((_, link)) = ({
+            let mut p = self.pool.borrow_mut();
+            p.fresh.remove(&ctx);
+            p.context(ctx)
+        }) else {
             return Box::pin(std::future::ready(()));
         };
         let slot = ReplySlot::new();

@@ -380,6 +380,7 @@ fn run_loadgen(args: LoadgenArgs) -> Result<(), String> {
         profile: args.profile,
         fence_mode: args.fence_mode,
         scenario: loadgen::scenario::Scenario::None,
+        virgl_workers: None,
     };
     let plan = loadgen::scenario::Plan {
         gpu_cost_us: args.gpu_cost_us,
@@ -394,6 +395,11 @@ fn run_loadgen(args: LoadgenArgs) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Re-executed as a render worker of a virgl case's embedded backend?
+    #[cfg(feature = "virgl")]
+    if let Some(code) = gpu::render::virgl::worker::run_if_requested() {
+        return code;
+    }
     match Cli::parse().command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

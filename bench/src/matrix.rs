@@ -26,19 +26,27 @@ pub struct Case {
     pub profile: Profile,
     pub fence_mode: FenceMode,
     pub scenario: Scenario,
+    /// `Some(n)`: real virgl rendering (llvmpipe) in `n` render worker
+    /// processes instead of the sim renderer.
+    pub virgl_workers: Option<usize>,
 }
 
 impl Case {
-    /// Stable name: `profile/fence/desktops/scenario`.
+    /// Stable name: `profile/fence/desktops/scenario`, and
+    /// `/virgl-wN` for virgl cases.
     pub fn name(&self) -> String {
-        format!(
+        let base = format!(
             "{}/{}/{}/{}",
             self.profile, self.fence_mode, self.desktops, self.scenario
-        )
+        );
+        match self.virgl_workers {
+            Some(n) => format!("{base}/virgl-w{n}"),
+            None => base,
+        }
     }
 
     pub fn plan(&self, duration: Duration) -> Plan {
-        Plan {
+        let plan = Plan {
             desktops: self.desktops,
             duration,
             profile: self.profile,
@@ -46,6 +54,15 @@ impl Case {
             scenario: self.scenario,
             full_damage: self.profile == Profile::TwoD,
             ..Plan::default()
+        };
+        match self.virgl_workers {
+            Some(n) => Plan {
+                renderer: loadgen::scenario::RendererKind::Virgl,
+                render: loadgen::scenario::RenderMode::Real,
+                render_workers: Some(n),
+                ..plan
+            },
+            None => plan,
         }
     }
 }
@@ -67,6 +84,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 profile,
                 fence_mode,
                 scenario: Scenario::None,
+                virgl_workers: None,
             });
         }
     }
@@ -77,10 +95,31 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 profile: Profile::ThreeD,
                 fence_mode: FenceMode::Ring,
                 scenario,
+                virgl_workers: None,
             });
         }
     }
+    out.extend(virgl_cases());
     out
+}
+
+/// Real rendering (bench built with `--features virgl`): desktop 0's
+/// seconds-long llvmpipe frames with a render worker per desktop, and the
+/// same with one worker for all, whose freeze the workers remove.
+fn virgl_cases() -> Vec<Case> {
+    if !cfg!(feature = "virgl") {
+        return Vec::new();
+    }
+    [8, 1]
+        .into_iter()
+        .map(|workers| Case {
+            desktops: 8,
+            profile: Profile::ThreeD,
+            fence_mode: FenceMode::Ring,
+            scenario: Scenario::HeavyContext,
+            virgl_workers: Some(workers),
+        })
+        .collect()
 }
 
 /// How the run is sized.
@@ -124,18 +163,22 @@ pub fn report_metrics(r: &Report) -> BTreeMap<String, f64> {
 }
 
 pub fn loadgen_record(stamp: &Stamp, case: &Case, r: &Report) -> Record {
+    let mut params = BTreeMap::from([
+        ("backend".into(), json!(r.backend)),
+        ("desktops".into(), json!(case.desktops)),
+        ("profile".into(), json!(case.profile.to_string())),
+        ("fence_mode".into(), json!(case.fence_mode.to_string())),
+        ("scenario".into(), json!(case.scenario.to_string())),
+        ("duration_s".into(), json!(r.duration_s)),
+    ]);
+    if let Some(n) = case.virgl_workers {
+        params.insert("render_workers".into(), json!(n));
+    }
     Record {
         kind: "loadgen".into(),
         case: case.name(),
         stamp: stamp.clone(),
-        params: BTreeMap::from([
-            ("backend".into(), json!(r.backend)),
-            ("desktops".into(), json!(case.desktops)),
-            ("profile".into(), json!(case.profile.to_string())),
-            ("fence_mode".into(), json!(case.fence_mode.to_string())),
-            ("scenario".into(), json!(case.scenario.to_string())),
-            ("duration_s".into(), json!(r.duration_s)),
-        ]),
+        params,
         metrics: report_metrics(r),
         peers: Vec::new(),
     }
@@ -356,6 +399,25 @@ mod tests {
                 assert_eq!(c.fence_mode, FenceMode::Global);
             }
         }
+    }
+
+    #[cfg(feature = "virgl")]
+    #[test]
+    fn virgl_heavy_context_runs_with_a_worker_per_desktop_and_with_one_worker() {
+        for all in [cases(false), cases(true)] {
+            let names: Vec<String> = all.iter().map(Case::name).collect();
+            for w in [8, 1] {
+                let name = format!("3d/ring/8/heavy-context/virgl-w{w}");
+                assert!(names.contains(&name), "{name} missing");
+            }
+        }
+        let c = cases(true)
+            .into_iter()
+            .find(|c| c.virgl_workers == Some(1))
+            .unwrap();
+        let plan = c.plan(Duration::from_secs(1));
+        assert_eq!(plan.render_workers, Some(1));
+        assert_eq!(plan.render, loadgen::scenario::RenderMode::Real);
     }
 
     #[test]

@@ -68,7 +68,13 @@ impl fmt::Display for SeccompMode {
 pub enum Profile {
     Sim,
     TwoD,
+    /// virglrenderer in this process.
     Virgl,
+    /// virglrenderer in render worker processes this one starts (and
+    /// starts again after a loss or a device reset): the virgl list plus
+    /// starting, reaping and killing them. Workers run this profile's
+    /// filter too (a filter survives execve).
+    VirglWorkers,
 }
 
 /// One allowed system call, unconditionally or only when one of `rules`
@@ -214,7 +220,7 @@ fn allowed(profile: Profile) -> Vec<Allow> {
         any(SYS_unlink),
         any(SYS_unlinkat),
     ];
-    if profile == Profile::Virgl {
+    if matches!(profile, Profile::Virgl | Profile::VirglWorkers) {
         v.extend([
             // virglrenderer initialised again on the render shard after
             // each device reset: Mesa dlopens its DRI driver (swrast_dri.so
@@ -248,6 +254,49 @@ fn allowed(profile: Profile) -> Vec<Allow> {
             any(SYS_setpriority),
         ]);
     }
+    if profile == Profile::VirglWorkers {
+        v.extend([
+            // A worker: a socketpair to it, fork (clone without
+            // CLONE_THREAD, from std's Command with a pre_exec that moves
+            // its fds into place with dup2), execve of this binary; then
+            // waitpid and, on a loss, kill.
+            any(SYS_socketpair),
+            #[cfg(target_arch = "x86_64")]
+            any(SYS_dup2),
+            any(SYS_dup3),
+            any(SYS_clone),
+            any(SYS_execve),
+            any(SYS_wait4),
+            any(SYS_kill),
+            // A worker from execve on (strace -f of workers started, lost
+            // and started again): the dynamic loader (TLS, brk, limits,
+            // access), std's start-up check of fds 0-2 (poll), dying with
+            // the parent (PR_SET_PDEATHSIG, getppid), its own reactor
+            // (a ring it restricts like ours, PR_SET_TIMERSLACK).
+            #[cfg(target_arch = "x86_64")]
+            any(SYS_arch_prctl),
+            any(SYS_set_tid_address),
+            any(SYS_prlimit64),
+            #[cfg(target_arch = "x86_64")]
+            any(SYS_poll),
+            any(SYS_ppoll),
+            any(SYS_getppid),
+            any(SYS_io_uring_setup),
+            any(SYS_io_uring_register),
+            // Let through here only to be answered EACCES by the errno
+            // filter (a kill here would win over it): glibc's nscd lookup.
+            any(SYS_socket),
+            arg_in(
+                SYS_prctl,
+                0,
+                &[
+                    PR_SET_NAME as u64,
+                    PR_SET_PDEATHSIG as u64,
+                    PR_SET_TIMERSLACK as u64,
+                ],
+            ),
+        ]);
+    }
     v
 }
 
@@ -255,7 +304,12 @@ fn allowed(profile: Profile) -> Vec<Allow> {
 fn denied_with_errno(profile: Profile) -> Vec<(Allow, u32)> {
     use libc::*;
     let mut v = vec![(any(SYS_clone3), ENOSYS as u32)];
-    if profile != Profile::Virgl {
+    if profile == Profile::VirglWorkers {
+        // glibc in a worker asks nscd (a unix socket) for the user's home
+        // (Mesa's cache path); without it, it reads the files.
+        v.push((any(SYS_socket), EACCES as u32));
+    }
+    if !matches!(profile, Profile::Virgl | Profile::VirglWorkers) {
         v.push((any(SYS_openat), EACCES as u32));
     } else {
         // openat(dirfd, path, flags, mode): any of the writing flags set.
@@ -395,7 +449,12 @@ mod tests {
 
     #[test]
     fn every_profile_compiles_in_every_mode_and_off_installs_nothing() {
-        for profile in [Profile::Sim, Profile::TwoD, Profile::Virgl] {
+        for profile in [
+            Profile::Sim,
+            Profile::TwoD,
+            Profile::Virgl,
+            Profile::VirglWorkers,
+        ] {
             assert!(filters(SeccompMode::Off, profile).unwrap().is_empty());
             for mode in [SeccompMode::Log, SeccompMode::Kill] {
                 // clone3 → ENOSYS, opens → EACCES, then the allow list.
@@ -428,5 +487,19 @@ mod tests {
         ] {
             assert!(!virgl.contains(&nr), "syscall {nr} is allowed");
         }
+        // Render workers: the virgl list plus starting processes.
+        let workers = names(&allowed(Profile::VirglWorkers));
+        assert!(workers.is_superset(&virgl));
+        for nr in [libc::SYS_execve, libc::SYS_wait4, libc::SYS_kill] {
+            assert!(workers.contains(&nr), "syscall {nr} is not allowed");
+        }
+        for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_ptrace] {
+            assert!(!workers.contains(&nr), "syscall {nr} is allowed");
+        }
+        // socket passes the allow list only to be refused with EACCES.
+        let refused = denied_with_errno(Profile::VirglWorkers);
+        assert!(refused.iter().any(|(a, e)| a.nr == libc::SYS_socket
+            && a.rules.is_empty()
+            && *e == libc::EACCES as u32));
     }
 }

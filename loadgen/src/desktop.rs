@@ -19,21 +19,27 @@ use crate::scenario::{FenceMode, Plan, Profile, RenderMode, Scenario};
 
 /// Modelled GPU time of a stressed desktop's submits (heavy-context).
 const HEAVY_GPU_US: u32 = 50_000;
-/// Clears per frame of a stressed desktop in real rendering (each a full
-/// render-target clear on llvmpipe).
-const HEAVY_CLEARS: usize = 200;
+/// Rounds of a stressed desktop's frame in real rendering: each two full
+/// clears of a `HEAVY_SIZE` square scratch texture that llvmpipe really
+/// rasterizes (seconds of GPU work a frame; see `heavy_clear_stream`).
+const HEAVY_ROUNDS: usize = 150;
+const HEAVY_SIZE: u32 = 4096;
 /// `PIPE_TEXTURE_2D`, `PIPE_BIND_RENDER_TARGET`, `PIPE_BIND_SAMPLER_VIEW`.
 const PIPE_TEXTURE_2D: u32 = 2;
 const BIND_RENDER_TARGET: u32 = 1 << 1;
 const BIND_SAMPLER_VIEW: u32 = 1 << 3;
 
-/// A virgl command stream that clears the render target `fb` `clears` times
-/// in `colour` (its bytes as R8G8B8A8, so the display check reads it back
-/// exactly as `pixels::colour` wrote it).
-fn real_frame(fb: u32, colour: u32, clears: usize) -> Vec<u8> {
+/// A virgl command stream that clears the render target `fb` in `colour`
+/// (its bytes as R8G8B8A8, so the display check reads it back exactly as
+/// `pixels::colour` wrote it), once or `heavy` rounds of clears.
+fn real_frame(fb: u32, colour: u32, heavy: Option<(u32, usize)>) -> Vec<u8> {
     let [r, g, b, a] = colour.to_le_bytes().map(|c| f32::from(c) / 255.0);
-    let one = gpu::render::virgl_cmd::clear_stream(fb, [r, g, b, a]);
-    one.repeat(clears)
+    match heavy {
+        None => gpu::render::virgl_cmd::clear_stream(fb, [r, g, b, a]),
+        Some((scratch, rounds)) => {
+            gpu::render::virgl_cmd::heavy_clear_stream(fb, scratch, [r, g, b, a], rounds)
+        }
+    }
 }
 
 /// Size of one blob of the blob lifecycle.
@@ -347,6 +353,37 @@ impl Desktop {
                 .with_ctx(self.ctx),
             );
         }
+        if real
+            && self.is_stressed(plan)
+            && matches!(
+                plan.scenario,
+                Scenario::StalledContext | Scenario::HeavyContext
+            )
+        {
+            // What the expensive frames clear over and over.
+            reqs.push(
+                Request::new(GpuCommand::ResourceCreate3d(ResourceCreate3d {
+                    resource_id: ResourceId(self.scratch()),
+                    target: PIPE_TEXTURE_2D,
+                    format: Format::R8G8B8A8Unorm.to_wire(),
+                    bind: BIND_RENDER_TARGET | BIND_SAMPLER_VIEW,
+                    width: HEAVY_SIZE,
+                    height: HEAVY_SIZE,
+                    depth: 1,
+                    array_size: 1,
+                    last_level: 0,
+                    nr_samples: 0,
+                    flags: 0,
+                }))
+                .with_ctx(self.ctx),
+            );
+            reqs.push(
+                Request::new(GpuCommand::CtxAttachResource(ResourceRef {
+                    resource_id: ResourceId(self.scratch()),
+                }))
+                .with_ctx(self.ctx),
+            );
+        }
         reqs.push(Request::new(GpuCommand::ResourceAttachBacking(
             ResourceAttachBacking {
                 resource_id: ResourceId(self.fb),
@@ -448,7 +485,11 @@ impl Desktop {
                         plan.scenario,
                         Scenario::StalledContext | Scenario::HeavyContext
                     );
-                real_frame(self.fb, colour, if expensive { HEAVY_CLEARS } else { 1 })
+                real_frame(
+                    self.fb,
+                    colour,
+                    expensive.then_some((self.scratch(), HEAVY_ROUNDS)),
+                )
             } else {
                 gpu = Duration::from_micros(u64::from(cost));
                 sim_submit_fill(cost, hang, self.fb, rect, colour)
@@ -547,6 +588,11 @@ impl Desktop {
         self.put(sh, Queue::Control, &map, Cmd::BlobMap)?;
         self.blob = Blob::Mapping { outstanding: 2 };
         Ok(())
+    }
+
+    /// The heavy scratch texture of a stressed desktop (real rendering).
+    fn scratch(&self) -> u32 {
+        50_000 + self.id as u32
     }
 
     fn blob_id(&self) -> u32 {

@@ -76,6 +76,11 @@ struct Args {
     /// Shards of the embedded backend (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// With --renderer virgl: render worker processes of the embedded
+    /// backend, each with its own virglrenderer (0: in this process, on a
+    /// render shard) [default: one per shard]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    render_workers: Option<u16>,
     /// With --direct: pin backend shard i to CPU i and this driver thread to the last CPU.
     #[arg(long)]
     pin: bool,
@@ -130,7 +135,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Re-executed as the embedded backend's render worker?
+    #[cfg(feature = "virgl")]
+    if let Some(code) = gpu::render::virgl::worker::run_if_requested() {
+        return code;
+    }
     let args = Args::parse();
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
     let plan = Plan {
         desktops: args.desktops as usize,
@@ -148,11 +161,12 @@ fn main() -> ExitCode {
         mem_table: args.mem_table,
         display_delay: Duration::from_micros(args.vmm_display_delay_us),
         latency_slice: (args.slice_us > 0).then(|| Duration::from_micros(args.slice_us)),
+        render_workers: match (args.renderer, args.render_workers) {
+            (loadgen::scenario::RendererKind::Virgl, None) => Some(shards),
+            (_, n) => n.map(usize::from),
+        },
         ..Plan::default()
     };
-    let shards = args
-        .shards
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if args.pin {
         pin_to_last_cpu();
     }

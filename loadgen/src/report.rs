@@ -58,6 +58,11 @@ pub struct DesktopReport {
     pub max_stall_ms: f64,
     pub stalls_over_50ms: u64,
     pub fence_latency_us: Percentiles,
+    /// Commands of this desktop answered with an error.
+    pub errors: u64,
+    /// Fences of this desktop still pending at the end (after the grace
+    /// period); for the others, what `fences_lost` sums.
+    pub fences_pending: u64,
 }
 
 /// The JSON object of a run.

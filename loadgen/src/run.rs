@@ -146,7 +146,17 @@ impl Backend {
     /// Starts gpu-reactor's vhost-user backend in this process and connects
     /// to it over a socketpair: the same protocol as with QEMU.
     pub fn embedded(plan: &Plan, shards: usize) -> Result<(Backend, GpuDriver), StartError> {
-        let renderer = renderer_factory(plan.renderer)?;
+        let renderer = renderer_factory(plan)?;
+        Backend::embedded_with(plan, shards, renderer)
+    }
+
+    /// The embedded backend with a renderer the caller made (tests that
+    /// watch it, e.g. render worker stats).
+    pub fn embedded_with(
+        plan: &Plan,
+        shards: usize,
+        renderer: Arc<dyn gpu::render::RendererFactory>,
+    ) -> Result<(Backend, GpuDriver), StartError> {
         if plan.render == RenderMode::Real && plan.renderer != RendererKind::Virgl {
             return Err(StartError::Unsupported(
                 "--render real submits virgl command streams: it needs --renderer virgl".into(),
@@ -389,16 +399,31 @@ impl Backend {
 }
 
 /// The embedded backend's renderer.
-fn renderer_factory(
-    kind: RendererKind,
-) -> Result<Arc<dyn gpu::render::RendererFactory>, StartError> {
-    match kind {
+fn renderer_factory(plan: &Plan) -> Result<Arc<dyn gpu::render::RendererFactory>, StartError> {
+    if plan.render_workers.is_some() && plan.renderer != RendererKind::Virgl {
+        return Err(StartError::Unsupported(
+            "--render-workers is for --renderer virgl".into(),
+        ));
+    }
+    match plan.renderer {
         RendererKind::Sim => Ok(Arc::new(gpu::render::sim::SimFactory::default())),
         RendererKind::TwoD => Ok(Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory)),
         #[cfg(feature = "virgl")]
-        RendererKind::Virgl => gpu::render::virgl::VirglFactory::new()
-            .map(|f| Arc::new(f) as Arc<dyn gpu::render::RendererFactory>)
-            .map_err(StartError::Unsupported),
+        RendererKind::Virgl => match plan.render_workers {
+            None | Some(0) => gpu::render::virgl::VirglFactory::new()
+                .map(|f| Arc::new(f) as Arc<dyn gpu::render::RendererFactory>)
+                .map_err(StartError::Unsupported),
+            Some(n) => {
+                use gpu::render::virgl::{WorkerExe, WorkerOptions, WorkerPoolFactory};
+                let exe = plan
+                    .render_worker_exe
+                    .as_ref()
+                    .map_or_else(WorkerExe::current, WorkerExe::at);
+                WorkerPoolFactory::new(WorkerOptions::new(n, exe))
+                    .map(|f| Arc::new(f) as Arc<dyn gpu::render::RendererFactory>)
+                    .map_err(StartError::Unsupported)
+            }
+        },
         #[cfg(not(feature = "virgl"))]
         RendererKind::Virgl => Err(StartError::Unsupported(
             "this loadgen was built without the virgl renderer: build with `--features virgl`"
@@ -648,6 +673,8 @@ fn build_report(
             max_stall_ms: stall.as_secs_f64() * 1e3,
             stalls_over_50ms: s.stalls_over_50ms,
             fence_latency_us: report::percentiles(&s.latency),
+            errors: s.errors,
+            fences_pending: d.pending_fences() as u64,
         });
     }
     error_samples.truncate(20);

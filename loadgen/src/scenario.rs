@@ -228,6 +228,12 @@ pub struct Plan {
     pub display_delay: Duration,
     /// Scheduler slice the embedded backend's shards ask for.
     pub latency_slice: Option<Duration>,
+    /// The embedded virgl backend's render worker processes (`None`:
+    /// virglrenderer on a render shard of this process).
+    pub render_workers: Option<usize>,
+    /// The binary render workers run (`None`: this one, re-executed; it
+    /// must call `gpu::render::virgl::worker::run_if_requested`).
+    pub render_worker_exe: Option<std::path::PathBuf>,
 }
 
 impl Default for Plan {
@@ -252,6 +258,8 @@ impl Default for Plan {
             mem_table: crate::frontend::vhost::MemTableMode::Auto,
             display_delay: Duration::ZERO,
             latency_slice: None,
+            render_workers: None,
+            render_worker_exe: None,
         }
     }
 }

@@ -113,6 +113,20 @@ struct Args {
     #[arg(long, value_enum, hide = true)]
     seccomp_selftest: Option<ForbiddenCall>,
 
+    /// virgl only: render worker processes, each with its own
+    /// virglrenderer, so one context's GPU work never freezes contexts on
+    /// other workers; contexts go to the least loaded one. 0 runs
+    /// virglrenderer on a render shard inside this process.
+    /// [default: one per shard]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    render_workers: Option<u16>,
+
+    /// virgl only: a render worker that leaves a command (not a fence)
+    /// unanswered this long is killed and restarted; its contexts are lost.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    render_watchdog_ms: u64,
+
     /// Print the vhost-user capabilities JSON (as libvirt reads it) and exit.
     #[arg(long)]
     print_capabilities: bool,
@@ -131,6 +145,11 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
 const CAPABILITIES: &str = r#"{"type":"gpu","features":[]}"#;
 
 fn main() -> ExitCode {
+    // Re-executed as a render worker (hidden first argument)?
+    #[cfg(feature = "virgl")]
+    if let Some(code) = gpu::render::virgl::worker::run_if_requested() {
+        return code;
+    }
     let args = Args::parse();
     if args.print_capabilities {
         println!("{CAPABILITIES}");
@@ -153,10 +172,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let shards = args.shards.map_or_else(
+        || thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
     let profile = match args.renderer {
         Renderer::Sim => sandbox::Profile::Sim,
         Renderer::TwoD => sandbox::Profile::TwoD,
-        Renderer::Virgl => sandbox::Profile::Virgl,
+        Renderer::Virgl if args.render_workers == Some(0) => sandbox::Profile::Virgl,
+        Renderer::Virgl => sandbox::Profile::VirglWorkers,
     };
     let seccomp = match args.seccomp {
         Seccomp::Off => SeccompMode::Off,
@@ -166,11 +190,24 @@ fn run(args: Args) -> Result<(), String> {
     // Compiled before anything starts: a filter that cannot be built is a
     // start-up error, not a surprise after binding the socket.
     sandbox::filters(seccomp, profile)?;
+
+    if args.render_workers.is_some() && args.renderer != Renderer::Virgl {
+        return Err("--render-workers is for --renderer virgl".into());
+    }
     let (renderer, renderer_name): (Arc<dyn gpu::render::RendererFactory>, &str) = match args.renderer {
         Renderer::Sim => (Arc::new(gpu::render::sim::SimFactory::default()), "sim"),
         Renderer::TwoD => (Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory), "2d"),
         #[cfg(feature = "virgl")]
-        Renderer::Virgl => (Arc::new(gpu::render::virgl::VirglFactory::new()?), "virgl"),
+        Renderer::Virgl => match args.render_workers.map_or(shards, usize::from) {
+            0 => (Arc::new(gpu::render::virgl::VirglFactory::new()?), "virgl"),
+            n => {
+                use gpu::render::virgl::{WorkerExe, WorkerOptions, WorkerPoolFactory};
+                let mut o = WorkerOptions::new(n, WorkerExe::current());
+                o.watchdog = Duration::from_millis(args.render_watchdog_ms);
+                tracing::info!(workers = n, "virgl in render worker processes");
+                (Arc::new(WorkerPoolFactory::new(o)?), "virgl")
+            }
+        },
         #[cfg(not(feature = "virgl"))]
         Renderer::Virgl => {
             return Err(
@@ -182,10 +219,7 @@ fn run(args: Args) -> Result<(), String> {
     // before any thread starts, keeps every other thread from seeing them.
     let signals = block_termination_signals()?;
     let opts = BackendOptions {
-        shards: args.shards.map_or_else(
-            || thread::available_parallelism().map_or(1, |n| n.get()),
-            usize::from,
-        ),
+        shards,
         max_queue_size: args.queue_size,
         device: DeviceConfig {
             num_scanouts: args.outputs,
@@ -196,7 +230,6 @@ fn run(args: Args) -> Result<(), String> {
         renderer,
         ..BackendOptions::default()
     };
-    let shards = opts.shards;
     let backend =
         Arc::new(Backend::start(opts).map_err(|e| format!("cannot start the device: {e}"))?);
     if let Some(addr) = args.metrics {

@@ -21,7 +21,9 @@ use crate::protocol::wire::{
     VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_MAP_CACHE_CACHED, VIRTIO_GPU_RESP_ERR_UNSPEC,
 };
 use crate::protocol::{BlobMem, GpuCommand, ProtocolError, Rect, Response};
-use crate::render::{BlobMemory, GpuWait, Renderer, RendererFactory, ResourceKind};
+use crate::render::{
+    BlobMemory, GpuWait, PixelsWait, Renderer, RendererFactory, ResourceKind, Settle,
+};
 
 use super::job::{Done, Extra, Job, Reply, ShardMsg};
 use super::scanout::{BlobPlane, CursorEvent, DisplaySink};
@@ -132,6 +134,9 @@ enum Outcome {
     Now(Response),
     /// The response is ready but the fence must wait for the GPU.
     AfterGpu(Response, GpuWait),
+    /// The renderer finishes the command elsewhere (a render worker): the
+    /// response waits for that, then for the fence if there is one.
+    Later(Settle, Response, Option<GpuWait>),
     /// Handled by a blob task that responds itself.
     Detached,
 }
@@ -141,12 +146,21 @@ fn execute(env: &ShardEnv, state: &Rc<RefCell<State>>, job: Job) {
     let fenced = hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0;
     let outcome = {
         let mut st = state.borrow_mut();
-        match run_command(env, &mut st, state, &job) {
-            Ok(Some(resp)) if fenced => {
-                let wait = st.renderer.fence(hdr.ctx_id, hdr.ring_idx);
-                Outcome::AfterGpu(resp, wait)
+        let ran = run_command(env, &mut st, state, &job);
+        // Taken in every case, so nothing owed by this command leaks into
+        // the next one's settlement.
+        let settle = st.renderer.settle();
+        match ran {
+            Ok(Some(resp)) => {
+                // The fence is asked for now, in command order, even when
+                // the command itself is still settling.
+                let wait = fenced.then(|| st.renderer.fence(hdr.ctx_id, hdr.ring_idx));
+                match (settle, wait) {
+                    (Some(settle), wait) => Outcome::Later(settle, resp, wait),
+                    (None, Some(wait)) => Outcome::AfterGpu(resp, wait),
+                    (None, None) => Outcome::Now(resp),
+                }
             }
-            Ok(Some(resp)) => Outcome::Now(resp),
             Ok(None) => Outcome::Detached,
             Err(e) => {
                 tracing::debug!(shard = env.shard, error = %e, kind = hdr.kind, "command failed");
@@ -163,7 +177,56 @@ fn execute(env: &ShardEnv, state: &Rc<RefCell<State>>, job: Job) {
                 respond(&env, &job.reply, &resp);
             });
         }
+        Outcome::Later(settle, resp, wait) => {
+            let env = env.clone();
+            reactor::spawn_local_named("renderer-settle", async move {
+                let resp = match settle.await {
+                    Ok(()) => {
+                        if let Some(wait) = wait {
+                            wait.await;
+                        }
+                        resp
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard = env.shard, error = %e, kind = hdr.kind, "command failed");
+                        err(e)
+                    }
+                };
+                respond(&env, &job.reply, &resp);
+            });
+        }
         Outcome::Detached => {}
+    }
+}
+
+/// A read-back: already done (every in-process renderer, so the common
+/// path stays synchronous), or still owed by a render worker.
+enum Read {
+    Done(Result<Vec<u8>, ProtocolError>),
+    Later(PixelsWait),
+}
+
+impl Read {
+    fn start(mut wait: PixelsWait) -> Read {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match wait.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => Read::Done(r),
+            std::task::Poll::Pending => Read::Later(wait),
+        }
+    }
+
+    fn finish_now(self) -> Result<Vec<u8>, ProtocolError> {
+        match self {
+            Read::Done(r) => r,
+            Read::Later(_) => Err(ProtocolError::RendererFailed(libc::EAGAIN)),
+        }
+    }
+
+    async fn finish(self) -> Result<Vec<u8>, ProtocolError> {
+        match self {
+            Read::Done(r) => r,
+            Read::Later(w) => w.await,
+        }
     }
 }
 
@@ -267,18 +330,45 @@ fn run_command(
         GpuCommand::ResourceFlush(f) => {
             let id = f.resource_id.0;
             resource(st, id)?;
-            if let Extra::Flush(targets) = &job.extra {
-                for t in targets {
-                    let len = t.src.width as usize * t.src.height as usize * 4;
-                    let mut pixels = env.display.pixel_buffer(len);
-                    match t.blob {
-                        Some(plane) => read_blob_rect(st, env, id, plane, t.src, &mut pixels)?,
-                        None => st.renderer.read_rect(id, t.src, &mut pixels)?,
-                    }
-                    env.display.update(t.scanout, t.dst, pixels);
-                }
+            let Extra::Flush(targets) = &job.extra else {
+                return ok;
+            };
+            let mut reads = Vec::with_capacity(targets.len());
+            for t in targets {
+                let len = t.src.width as usize * t.src.height as usize * 4;
+                let mut buf = env.display.pixel_buffer(len);
+                let read = match t.blob {
+                    Some(plane) => Read::Done(
+                        read_blob_rect(st, env, id, plane, t.src, &mut buf).map(|()| buf),
+                    ),
+                    None => Read::start(st.renderer.read_rect_later(id, t.src, buf)),
+                };
+                reads.push((t.scanout, t.dst, read));
             }
-            ok
+            if reads.iter().all(|(_, _, r)| matches!(r, Read::Done(_))) {
+                for (scanout, dst, r) in reads {
+                    env.display.update(scanout, dst, r.finish_now()?);
+                }
+                return ok;
+            }
+            // Pixels from a render worker: the display gets them, then the
+            // guest its answer, from a task.
+            let (env2, state2, reply) = (env.clone(), state.clone(), job.reply.clone());
+            reactor::spawn_local_named("flush-readback", async move {
+                let mut resp = Response::OkNodata;
+                for (scanout, dst, r) in reads {
+                    match r.finish().await {
+                        Ok(px) => env2.display.update(scanout, dst, px),
+                        Err(e) => {
+                            tracing::debug!(resource = id, error = %e, "flush read-back failed");
+                            resp = err(e);
+                            break;
+                        }
+                    }
+                }
+                finish_detached(&env2, &state2, reply, resp).await;
+            });
+            Ok(None)
         }
         GpuCommand::CtxCreate(c) => {
             st.renderer
@@ -290,7 +380,7 @@ fn run_command(
             ok
         }
         GpuCommand::CtxAttachResource(r) => {
-            st.renderer.attach_resource(ctx, r.resource_id.0);
+            st.renderer.attach_resource(ctx, r.resource_id.0)?;
             ok
         }
         GpuCommand::CtxDetachResource(r) => {
@@ -371,18 +461,37 @@ fn run_command(
         }
         GpuCommand::UpdateCursor(c) => {
             let id = c.resource_id.0;
-            let mut image = Vec::new();
-            st.renderer
-                .read_rect(id, Rect::new(0, 0, CURSOR_SIZE, CURSOR_SIZE), &mut image)?;
-            env.display.cursor(CursorEvent::Update {
-                scanout: c.pos.scanout_id.0,
-                x: c.pos.x,
-                y: c.pos.y,
-                hot_x: c.hot_x,
-                hot_y: c.hot_y,
+            let read = Read::start(st.renderer.read_rect_later(
+                id,
+                Rect::new(0, 0, CURSOR_SIZE, CURSOR_SIZE),
+                Vec::new(),
+            ));
+            let (scanout, x, y, hot_x, hot_y) =
+                (c.pos.scanout_id.0, c.pos.x, c.pos.y, c.hot_x, c.hot_y);
+            let update = move |image| CursorEvent::Update {
+                scanout,
+                x,
+                y,
+                hot_x,
+                hot_y,
                 image: Some(image),
+            };
+            if let Read::Done(_) = read {
+                env.display.cursor(update(read.finish_now()?));
+                return ok;
+            }
+            let (env2, state2, reply) = (env.clone(), state.clone(), job.reply.clone());
+            reactor::spawn_local_named("cursor-readback", async move {
+                let resp = match read.finish().await {
+                    Ok(image) => {
+                        env2.display.cursor(update(image));
+                        Response::OkNodata
+                    }
+                    Err(e) => err(e),
+                };
+                finish_detached(&env2, &state2, reply, resp).await;
             });
-            ok
+            Ok(None)
         }
         // Answered by the owner; never routed here.
         other => {

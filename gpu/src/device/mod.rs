@@ -108,6 +108,8 @@ pub(crate) struct DeviceShared {
     pub blob: Arc<dyn BlobMapper>,
     /// Pixel bytes the renderers copied (transfers, display read-backs).
     pub pixel_bytes_copied: Arc<AtomicU64>,
+    /// For the renderer's own metrics (render workers).
+    pub renderer: Arc<dyn RendererFactory>,
 }
 
 /// A virtio-gpu device running on a reactor.
@@ -186,6 +188,7 @@ impl Device {
             display,
             blob,
             pixel_bytes_copied,
+            renderer,
         });
         let (owner_tx, owner_rx) = reactor::channel();
         let (s, m) = (shared.clone(), mem.clone());

@@ -420,6 +420,7 @@ impl Owner {
             let _ = writeln!(out, "gpu_reactor_{name} {v}");
         }
         self.watch.render(&mut out);
+        self.shared.renderer.metrics(&mut out);
         out
     }
 

@@ -298,6 +298,17 @@ pub enum ProtocolError {
     },
     /// The renderer refused the command (its own error code).
     RendererFailed(i32),
+    /// The render worker process hosting this context (or resource) died or
+    /// missed its watchdog deadline: the object is lost.
+    RenderWorkerLost(u32),
+    /// A resource lives on one render worker; a context on another worker
+    /// cannot use it (docs/decisions/0005-render-workers.md).
+    ResourceOnOtherWorker {
+        /// The resource.
+        resource: u32,
+        /// The context that asked for it.
+        ctx: u32,
+    },
 
     // ---- Response decoding (guest side, loadgen) ----
     /// A response shorter than its type needs.
@@ -335,6 +346,7 @@ impl ProtocolError {
             | BackingAlreadyAttached(_)
             | NoHostVisibleRegion
             | RendererFailed(_)
+            | RenderWorkerLost(_)
             | ShortResponse { .. }
             | UnknownResponseType(_)
             | EdidSizeOutOfRange(_) => VIRTIO_GPU_RESP_ERR_UNSPEC,
@@ -346,7 +358,8 @@ impl ProtocolError {
             ResourceIdZero
             | UnknownResource(_)
             | ResourceIdInUse(_)
-            | ResourceNotInContext { .. } => VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
+            | ResourceNotInContext { .. }
+            | ResourceOnOtherWorker { .. } => VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
 
             ContextIdZero | UnknownContext(_) | ContextIdInUse(_) => {
                 VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID
@@ -511,6 +524,11 @@ impl fmt::Display for ProtocolError {
             CursorNot64x64 { width, height } => write!(f, "cursor resource is {width}x{height}, not 64x64"),
             OutOfMemory { requested } => write!(f, "out of memory allocating {requested} bytes"),
             RendererFailed(code) => write!(f, "renderer failed with {code}"),
+            RenderWorkerLost(id) => write!(f, "the render worker of {id} was lost"),
+            ResourceOnOtherWorker { resource, ctx } => write!(
+                f,
+                "resource {resource} lives on another render worker than context {ctx}"
+            ),
             ShortResponse { needed, got } => write!(f, "response needs {needed} bytes, has {got}"),
             UnknownResponseType(t) => write!(f, "unknown response type {t:#06x}"),
             EdidSizeOutOfRange(n) => write!(f, "EDID size {n} above 1024"),
@@ -588,6 +606,14 @@ mod tests {
                 VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY,
             ),
             (RendererFailed(-1), VIRTIO_GPU_RESP_ERR_UNSPEC),
+            (RenderWorkerLost(1), VIRTIO_GPU_RESP_ERR_UNSPEC),
+            (
+                ResourceOnOtherWorker {
+                    resource: 1,
+                    ctx: 2,
+                },
+                VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
+            ),
         ];
         for (err, code) in table {
             assert_eq!(err.response_code(), code, "{err}");

@@ -23,6 +23,13 @@ use crate::protocol::{Format, ProtocolError, Rect, ResourceCreate3d, Transfer3d}
 /// it from an eventfd or timerfd read on the shard's ring, never by polling.
 pub type GpuWait = Pin<Box<dyn Future<Output = ()>>>;
 
+/// The outcome of renderer calls that finish elsewhere (a render worker
+/// process answers over its socket): the command's response waits for it.
+pub type Settle = Pin<Box<dyn Future<Output = Result<(), ProtocolError>>>>;
+
+/// Pixels a renderer reads back, possibly later (see [`Renderer::read_rect_later`]).
+pub type PixelsWait = Pin<Box<dyn Future<Output = Result<Vec<u8>, ProtocolError>>>>;
+
 /// A capability set the renderer offers (`GET_CAPSET_INFO`/`GET_CAPSET`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capset {
@@ -80,8 +87,11 @@ pub trait Renderer {
         -> Result<(), ProtocolError>;
     fn destroy_context(&mut self, ctx: u32);
     /// `CTX_ATTACH_RESOURCE`: context `ctx` may now use resource `id`
-    /// (renderers that track no such thing ignore it).
-    fn attach_resource(&mut self, _ctx: u32, _id: u32) {}
+    /// (renderers that track no such thing ignore it). A renderer may
+    /// refuse (render workers: a resource lives on one worker).
+    fn attach_resource(&mut self, _ctx: u32, _id: u32) -> Result<(), ProtocolError> {
+        Ok(())
+    }
     /// `CTX_DETACH_RESOURCE`.
     fn detach_resource(&mut self, _ctx: u32, _id: u32) {}
     /// Queues a command buffer on (ctx, ring).
@@ -126,6 +136,23 @@ pub trait Renderer {
     fn read_rect(&mut self, id: u32, rect: Rect, out: &mut Vec<u8>) -> Result<(), ProtocolError>;
     /// A host blob's memory, for MAP_BLOB.
     fn blob_memory(&mut self, id: u32) -> Option<BlobMemory>;
+
+    /// [`read_rect`](Renderer::read_rect) for renderers that answer later
+    /// (render workers), appending to `out` (an empty buffer the display
+    /// recycles; a renderer may return another). The default reads now.
+    fn read_rect_later(&mut self, id: u32, rect: Rect, out: Vec<u8>) -> PixelsWait {
+        let mut out = out;
+        let r = self.read_rect(id, rect, &mut out).map(|()| out);
+        Box::pin(std::future::ready(r))
+    }
+
+    /// What the calls made for the current command still owe: `None` when
+    /// they are done (every in-process renderer), or a wait the device
+    /// awaits before it answers the command (render workers). Taken once
+    /// per command, right after its calls and before its fence.
+    fn settle(&mut self) -> Option<Settle> {
+        None
+    }
 }
 
 /// Makes the per-shard renderers of a device.
@@ -133,4 +160,6 @@ pub trait RendererFactory: Send + Sync {
     fn info(&self) -> RendererInfo;
     /// Called on the shard thread that will own the instance.
     fn create(&self, shard: usize) -> Result<Box<dyn Renderer>, String>;
+    /// Appends the renderer's own Prometheus metrics (render workers).
+    fn metrics(&self, _out: &mut String) {}
 }

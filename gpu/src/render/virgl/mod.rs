@@ -19,6 +19,11 @@
 //! the resource's backing to host iovecs for the length of one call.
 
 mod ffi;
+pub mod pool;
+mod wire;
+pub mod worker;
+
+pub use pool::{SlotView, WorkerExe, WorkerOptions, WorkerPoolFactory, WorkerStats};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -123,10 +128,22 @@ fn release_owner() {
 fn probe_capsets() -> Result<Vec<Capset>, String> {
     // `book` and `cbs` outlive the library: cleanup below, before they drop.
     let (book, cbs, cookie) = init_library()?;
+    let capsets = read_capsets();
+    // SAFETY: the cookie init was given; on the init thread.
+    unsafe { ffi::virgl_renderer_cleanup(cookie) };
+    release_owner();
+    drop((book, cbs));
+    Ok(capsets)
+}
+
+/// VIRGL and VIRGL2 as the library describes them. Must run on the thread
+/// that initialised the library (a render worker asks its own).
+pub(crate) fn read_capsets() -> Vec<Capset> {
     let mut capsets = Vec::new();
     for id in [VIRTIO_GPU_CAPSET_VIRGL, VIRTIO_GPU_CAPSET_VIRGL2] {
         let (mut max_version, mut size) = (0u32, 0u32);
-        // SAFETY: initialised on this thread; two valid out-pointers.
+        // SAFETY: initialised on this thread (the caller's contract); two
+        // valid out-pointers.
         unsafe { ffi::virgl_renderer_get_cap_set(id, &mut max_version, &mut size) };
         if max_version == 0 || size == 0 {
             continue;
@@ -144,11 +161,7 @@ fn probe_capsets() -> Result<Vec<Capset>, String> {
             data,
         });
     }
-    // SAFETY: the cookie init was given; on the init thread.
-    unsafe { ffi::virgl_renderer_cleanup(cookie) };
-    release_owner();
-    drop((book, cbs));
-    Ok(capsets)
+    capsets
 }
 
 /// Claims the library for this thread and initialises it. The caller must
@@ -634,12 +647,13 @@ impl Renderer for Virgl {
         }
     }
 
-    fn attach_resource(&mut self, ctx: u32, id: u32) {
+    fn attach_resource(&mut self, ctx: u32, id: u32) -> Result<(), ProtocolError> {
         if self.contexts.contains(&ctx) && self.resources.contains_key(&id) {
             // SAFETY: on the init thread; both exist (ids fit in c_int: the
             // library keys them as int on this call only).
             unsafe { ffi::virgl_renderer_ctx_attach_resource(ctx as c_int, id as c_int) };
         }
+        Ok(())
     }
 
     fn detach_resource(&mut self, ctx: u32, id: u32) {

@@ -51,7 +51,7 @@ async fn clear_and_read(v: &mut Virgl, ctx: u32, res: u32, rgba: [f32; 4]) -> Ve
     v.create_context(ctx, VIRTIO_GPU_CAPSET_VIRGL2 as u8, b"test")
         .unwrap();
     v.create_resource(res, &texture(res)).unwrap();
-    v.attach_resource(ctx, res);
+    v.attach_resource(ctx, res).unwrap();
     v.submit(ctx, 0, &clear_stream(res, rgba)).unwrap();
     let fence = v.fence(ctx, 0);
     reactor::time::timeout(Duration::from_secs(10), fence)

@@ -1,0 +1,1382 @@
+//! Render workers, the device side: the `virgl` renderer as N child
+//! processes, each with its own virglrenderer (`worker.rs`), so one
+//! context's expensive GPU work never freezes contexts on other workers.
+//!
+//! One [`WorkerPool`] lives on the render shard and speaks to every worker
+//! over its socketpair without blocking: a writer task per worker sends
+//! frames queued by the renderer calls, a reader task completes what the
+//! worker answers, a watchdog task kills a worker that leaves a request
+//! unanswered past its deadline. The renderer calls themselves only queue:
+//! what the device must wait for before it answers a command comes back
+//! through [`Renderer::settle`] and [`Renderer::read_rect_later`].
+//!
+//! - **Placement.** A context goes to the live worker with the fewest
+//!   contexts at CTX_CREATE. A resource is created on a worker the first
+//!   time it is used: on the worker of the first context it is attached to
+//!   (or transferred by), else the least loaded. From then on it lives
+//!   there. A context that has done nothing yet and attaches a resource
+//!   living elsewhere moves to that worker; any other context on another
+//!   worker that attaches or transfers it gets `ResourceOnOtherWorker`
+//!   (docs/decisions/0005-render-workers.md).
+//! - **Guest memory** is shared, not copied: the guest RAM fds (memfds
+//!   from the VMM or loadgen) go to each worker once per memory table;
+//!   transfers name guest addresses.
+//! - **Read-back** (RESOURCE_FLUSH, cursor): the worker writes pixels into
+//!   a 64 MiB memfd area shared with this process, spans handed out in
+//!   request order, so no pixel crosses the socket.
+//! - **Loss.** A worker that exits, breaks the protocol or misses the
+//!   watchdog deadline is killed; what it owed completes (commands with
+//!   `RenderWorkerLost`, fences as done: never lost); its contexts and
+//!   resources are lost (later commands on them get `RenderWorkerLost`); a
+//!   fresh worker takes its slot. Other workers never notice.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use super::wire::{self, Event, MemRegion, Request};
+use super::worker::{SHM_FD, SOCKET_FD, WORKER_ARG};
+use crate::backing::{Backing, GuestMem};
+use crate::protocol::wire::{
+    VIRTIO_GPU_CAPSET_VIRGL, VIRTIO_GPU_CAPSET_VIRGL2, VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
+    VIRTIO_GPU_F_RESOURCE_BLOB,
+};
+use crate::protocol::{ProtocolError, Rect, Transfer3d};
+use crate::render::{
+    BlobMemory, Capset, GpuWait, PixelsWait, Renderer, RendererFactory, RendererInfo, ResourceKind,
+    Settle,
+};
+
+/// The shared read-back area of each worker (pages are touched only as
+/// used; a 1280x800 scanout is 4 MB).
+const SHM_SIZE: u64 = 64 << 20;
+/// How long a fresh worker may take to bring its library up.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary a worker runs: one that calls
+/// [`run_if_requested`](super::worker::run_if_requested) first in `main`.
+#[derive(Debug, Clone)]
+pub struct WorkerExe {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl WorkerExe {
+    /// This very binary, re-executed (gpu-reactor, loadgen).
+    pub fn current() -> WorkerExe {
+        WorkerExe::at("/proc/self/exe")
+    }
+
+    /// Another binary that can be a worker (tests: `gpu-reactor`).
+    pub fn at(program: impl Into<PathBuf>) -> WorkerExe {
+        WorkerExe {
+            program: program.into(),
+            args: vec![WORKER_ARG.into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Worker processes (at least 1).
+    pub workers: usize,
+    pub exe: WorkerExe,
+    /// A request (other than a fence) unanswered this long kills its worker.
+    pub watchdog: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(workers: usize, exe: WorkerExe) -> WorkerOptions {
+        WorkerOptions {
+            workers: workers.max(1),
+            exe,
+            watchdog: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One worker slot as the outside sees it (tests, logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotView {
+    /// The process serving the slot now (`None`: the slot is dead).
+    pub pid: Option<u32>,
+    /// Contexts placed on it, live ones only.
+    pub contexts: Vec<u32>,
+}
+
+/// Counters shared by the factory and its pools (Prometheus, tests).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    losses: AtomicU64,
+    restarts: AtomicU64,
+    contexts_lost: AtomicU64,
+    cross_worker_refusals: AtomicU64,
+    context_moves: AtomicU64,
+    slots: Mutex<Vec<SlotView>>,
+}
+
+impl WorkerStats {
+    /// Workers lost (crashed, killed, or past the watchdog deadline).
+    pub fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
+    }
+    /// Workers started again in a lost worker's slot.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+    pub fn contexts_lost(&self) -> u64 {
+        self.contexts_lost.load(Ordering::Relaxed)
+    }
+    /// Attaches or transfers refused because the resource lives elsewhere.
+    pub fn cross_worker_refusals(&self) -> u64 {
+        self.cross_worker_refusals.load(Ordering::Relaxed)
+    }
+    /// Fresh contexts moved to the worker of the first resource they
+    /// attached.
+    pub fn context_moves(&self) -> u64 {
+        self.context_moves.load(Ordering::Relaxed)
+    }
+    /// The slots of the current pool.
+    pub fn slots(&self) -> Vec<SlotView> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Makes the worker-backed `virgl` renderer.
+#[derive(Debug)]
+pub struct WorkerPoolFactory {
+    opts: WorkerOptions,
+    capsets: Vec<Capset>,
+    stats: Arc<WorkerStats>,
+}
+
+impl WorkerPoolFactory {
+    /// Starts one worker to learn the library's capsets (it has to be up
+    /// for that), then lets it go. Blocking: call it before serving.
+    pub fn new(opts: WorkerOptions) -> Result<WorkerPoolFactory, String> {
+        let capsets = probe_capsets(&opts.exe)?;
+        Ok(WorkerPoolFactory {
+            opts,
+            capsets,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+}
+
+impl RendererFactory for WorkerPoolFactory {
+    fn info(&self) -> RendererInfo {
+        RendererInfo {
+            name: "virgl",
+            capsets: self.capsets.clone(),
+            has_3d: true,
+            has_blob: false,
+            max_rings: 1,
+            // The pool itself is one instance on one shard; the library
+            // runs in the workers.
+            single_shard: true,
+        }
+    }
+
+    fn create(&self, _shard: usize) -> Result<Box<dyn Renderer>, String> {
+        if reactor::current_shard().is_none() {
+            return Err("render workers are driven from a reactor shard".into());
+        }
+        Ok(Box::new(WorkerPool::start(
+            self.opts.clone(),
+            self.stats.clone(),
+        )?))
+    }
+
+    fn metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let live = s.slots().iter().filter(|v| v.pid.is_some()).count();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP gpu_reactor_{name} {help}");
+            let _ = writeln!(out, "# TYPE gpu_reactor_{name} {kind}");
+            let _ = writeln!(out, "gpu_reactor_{name} {v}");
+        };
+        metric(
+            "render_workers",
+            "gauge",
+            "Render worker processes running.",
+            live as u64,
+        );
+        metric(
+            "render_worker_losses_total",
+            "counter",
+            "Render workers lost (exited, killed, or past the watchdog deadline).",
+            s.losses(),
+        );
+        metric(
+            "render_worker_restarts_total",
+            "counter",
+            "Render workers started again after a loss.",
+            s.restarts(),
+        );
+        metric(
+            "render_contexts_lost_total",
+            "counter",
+            "Contexts lost with their render worker.",
+            s.contexts_lost(),
+        );
+        metric(
+            "render_context_moves_total",
+            "counter",
+            "Fresh contexts moved to the render worker of the first resource they attached.",
+            s.context_moves(),
+        );
+        metric(
+            "render_cross_worker_refusals_total",
+            "counter",
+            "Resource uses refused because the resource lives on another render worker.",
+            s.cross_worker_refusals(),
+        );
+    }
+}
+
+/// A worker process just started.
+struct Spawned {
+    child: Child,
+    sock: OwnedFd,
+    shm: OwnedFd,
+}
+
+fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    // SAFETY: memfd_create with a static name; the result is checked.
+    let raw = unsafe { libc::memfd_create(c"gpu-render-readback".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let shm = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    std::fs::File::from(shm.try_clone()?).set_len(SHM_SIZE)?;
+    let (t, s) = (theirs.as_raw_fd(), shm.as_raw_fd());
+    let mut cmd = Command::new(&exe.program);
+    // What `ps` shows (the program may be `/proc/self/exe`).
+    cmd.arg0("gpu-render-worker")
+        .args(&exe.args)
+        .stdin(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
+    // dup2) on descriptors this process owns. The copies above 10 make
+    // sure placing one on 3 or 4 cannot clobber the other; they are
+    // close-on-exec, the placed ones are not (dup2 clears the flag).
+    unsafe {
+        cmd.pre_exec(move || {
+            let t2 = libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10);
+            let s2 = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, 10);
+            if t2 < 0 || s2 < 0 || libc::dup2(t2, SOCKET_FD) < 0 || libc::dup2(s2, SHM_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok(Spawned {
+        child,
+        sock: ours.into(),
+        shm,
+    })
+}
+
+/// Kills a worker and reaps it off the shard (its exit may take a while:
+/// llvmpipe threads, large mappings).
+fn bury(mut child: Child) {
+    let _ = child.kill();
+    let _ = std::thread::Builder::new()
+        .name("render-worker-reap".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+}
+
+fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
+    let s =
+        spawn(exe).map_err(|e| format!("cannot start a render worker ({:?}): {e}", exe.program))?;
+    let mut sock = UnixStream::from(s.sock);
+    let _ = sock.set_read_timeout(Some(STARTUP_DEADLINE));
+    let mut buf = Vec::new();
+    let got = loop {
+        let mut chunk = [0u8; 4096];
+        let n =
+            match sock.read(&mut chunk) {
+                Ok(0) => break Err(
+                    "the render worker exited before it was ready (no EGL/llvmpipe? see its log)"
+                        .to_string(),
+                ),
+                Ok(n) => n,
+                Err(e) => break Err(format!("no answer from the render worker: {e}")),
+            };
+        buf.extend_from_slice(&chunk[..n]);
+        match wire::split_frames(&mut buf) {
+            Ok(frames) => {
+                if let Some(body) = frames.first() {
+                    break match wire::decode_event(body) {
+                        Ok(Event::Ready(capsets)) => Ok(capsets),
+                        Ok(other) => Err(format!("render worker said {other:?} first")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    bury(s.child);
+    got
+}
+
+/// What a worker owes for one request.
+struct ReplySlot {
+    value: RefCell<Option<Result<Vec<u8>, ProtocolError>>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl ReplySlot {
+    fn new() -> Rc<ReplySlot> {
+        Rc::new(ReplySlot {
+            value: RefCell::new(None),
+            waker: Cell::new(None),
+        })
+    }
+
+    fn complete(&self, r: Result<Vec<u8>, ProtocolError>) {
+        *self.value.borrow_mut() = Some(r);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+struct ReplyWait(Rc<ReplySlot>);
+
+impl Future for ReplyWait {
+    type Output = Result<Vec<u8>, ProtocolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.0.value.borrow_mut().take() {
+            return Poll::Ready(r);
+        }
+        self.0.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+enum OwedKind {
+    /// Nobody waits (destroy, detach): owed only to the watchdog.
+    Nothing,
+    Reply(Rc<ReplySlot>),
+    /// Pixels at a span of the shared area.
+    Pixels {
+        slot: Rc<ReplySlot>,
+        offset: u64,
+        len: u64,
+    },
+    /// A fence: may take as long as the GPU work; not watched.
+    Fence(Rc<ReplySlot>),
+}
+
+struct Owed {
+    sent: Instant,
+    /// The context or resource the request was about (for errors).
+    subject: u32,
+    kind: OwedKind,
+}
+
+impl Owed {
+    /// The worker is gone: commands fail, fences are done.
+    fn abandon(self) {
+        match self.kind {
+            OwedKind::Nothing => {}
+            OwedKind::Reply(s) | OwedKind::Pixels { slot: s, .. } => {
+                s.complete(Err(ProtocolError::RenderWorkerLost(self.subject)))
+            }
+            OwedKind::Fence(s) => s.complete(Ok(Vec::new())),
+        }
+    }
+}
+
+/// The read-back area, mapped read-only here; spans handed out in request
+/// order and given back in the same order (a worker answers in order).
+struct ReadBack {
+    ptr: *const u8,
+    len: u64,
+    live: VecDeque<(u64, u64)>,
+}
+
+impl ReadBack {
+    fn map(fd: &OwnedFd) -> io::Result<ReadBack> {
+        // SAFETY: a shared read-only mapping of the memfd sized above;
+        // checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SHM_SIZE as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ReadBack {
+            ptr: ptr.cast(),
+            len: SHM_SIZE,
+            live: VecDeque::new(),
+        })
+    }
+
+    fn alloc(&mut self, len: u64) -> Option<u64> {
+        if len == 0 || len > self.len {
+            return None;
+        }
+        let at = match (self.live.front(), self.live.back()) {
+            (Some(&(tail, _)), Some(&(b, blen))) => {
+                let head = b + blen;
+                if b >= tail {
+                    // Not wrapped: free is [head, len) and [0, tail).
+                    if head + len <= self.len {
+                        head
+                    } else if len <= tail {
+                        0
+                    } else {
+                        return None;
+                    }
+                } else if head + len <= tail {
+                    head
+                } else {
+                    return None;
+                }
+            }
+            _ => 0,
+        };
+        self.live.push_back((at, len));
+        Some(at)
+    }
+
+    /// Copies a span out and gives it back.
+    fn take(&mut self, offset: u64, len: u64) -> Vec<u8> {
+        let mut out = vec![0u8; len as usize];
+        if offset + len <= self.len {
+            // SAFETY: the span lies inside the mapping; the worker wrote it
+            // before answering and writes it no more.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.ptr.add(offset as usize),
+                    out.as_mut_ptr(),
+                    out.len(),
+                )
+            };
+        }
+        if let Some(i) = self.live.iter().position(|&(o, _)| o == offset) {
+            self.live.remove(i);
+        }
+        out
+    }
+}
+
+impl Drop for ReadBack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast_mut().cast(), self.len as usize) };
+    }
+}
+
+struct Outgoing {
+    frame: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+type LinkRef = Rc<RefCell<Link>>;
+
+/// One worker process and everything in flight with it.
+struct Link {
+    generation: u64,
+    child: Option<Child>,
+    pid: u32,
+    tx: reactor::Sender<Outgoing>,
+    owed: BTreeMap<u64, Owed>,
+    next_seq: u64,
+    readback: ReadBack,
+    /// (guest address, size, host address) of the memory table sent.
+    mem_key: Vec<(u64, u64, usize)>,
+    contexts: usize,
+    /// When the worker said it was ready (its library up).
+    ready: Option<Instant>,
+    started: Instant,
+    tasks: Vec<reactor::AbortHandle>,
+}
+
+impl Link {
+    fn start(
+        opts: &WorkerOptions,
+        slot: usize,
+        generation: u64,
+        pool: Weak<RefCell<Pool>>,
+    ) -> Result<Rc<RefCell<Link>>, String> {
+        let s = spawn(&opts.exe).map_err(|e| {
+            format!(
+                "cannot start render worker {slot} ({:?}): {e}",
+                opts.exe.program
+            )
+        })?;
+        let readback =
+            ReadBack::map(&s.shm).map_err(|e| format!("cannot map the read-back area: {e}"))?;
+        let pid = s.child.id();
+        let sock = reactor::io::AsyncFd::new(s.sock);
+        let (tx, rx) = reactor::channel();
+        let link = Rc::new(RefCell::new(Link {
+            generation,
+            child: Some(s.child),
+            pid,
+            tx,
+            owed: BTreeMap::new(),
+            next_seq: 1,
+            readback,
+            mem_key: Vec::new(),
+            contexts: 0,
+            ready: None,
+            started: Instant::now(),
+            tasks: Vec::new(),
+        }));
+        let (w, wh) = reactor::abortable(write_frames(sock.clone(), rx));
+        reactor::spawn_local_named("render-worker-write", w);
+        let (r, rh) = reactor::abortable(read_events(
+            sock,
+            Rc::downgrade(&link),
+            pool.clone(),
+            slot,
+            generation,
+        ));
+        reactor::spawn_local_named("render-worker-read", r);
+        let (d, dh) = reactor::abortable(watchdog(Rc::downgrade(&link), opts.watchdog, slot));
+        reactor::spawn_local_named("render-worker-watchdog", d);
+        link.borrow_mut().tasks = vec![wh, rh, dh];
+        tracing::info!(slot, pid, generation, "render worker started");
+        Ok(link)
+    }
+
+    fn send(&mut self, req: Request, fds: Vec<OwnedFd>, subject: u32, kind: OwedKind) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = wire::encode_request(seq, &req);
+        self.owed.insert(
+            seq,
+            Owed {
+                sent: Instant::now(),
+                subject,
+                kind,
+            },
+        );
+        // A closed channel means the writer stopped: the reader sees the
+        // worker go and abandons what it owes, this included.
+        let _ = self.tx.send(Outgoing { frame, fds });
+    }
+
+    fn request(&mut self, req: Request, subject: u32) -> ReplyWait {
+        let slot = ReplySlot::new();
+        self.send(req, Vec::new(), subject, OwedKind::Reply(slot.clone()));
+        ReplyWait(slot)
+    }
+
+    /// Sends the guest memory table if `mem` is not the one the worker has.
+    fn share_memory(&mut self, mem: &GuestMem) -> Result<(), ProtocolError> {
+        let key: Vec<(u64, u64, usize)> = mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len(), r.as_ptr() as usize))
+            .collect();
+        if key == self.mem_key {
+            return Ok(());
+        }
+        let mut regions = Vec::with_capacity(key.len());
+        let mut fds = Vec::with_capacity(key.len());
+        for r in mem.iter() {
+            // Guest RAM without a file (an anonymous mapping) cannot be
+            // shared with another process.
+            let fo = r
+                .file_offset()
+                .ok_or(ProtocolError::BackingBeyondGuestMemory {
+                    addr: r.start_addr().0,
+                    length: 0,
+                })?;
+            let fd = fo
+                .file()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|_| ProtocolError::OutOfMemory { requested: 0 })?;
+            regions.push(MemRegion {
+                guest_addr: r.start_addr().0,
+                size: r.len(),
+                file_offset: fo.start(),
+            });
+            fds.push(fd);
+        }
+        self.send(Request::MemTable(regions), fds, 0, OwedKind::Nothing);
+        self.mem_key = key;
+        Ok(())
+    }
+
+    /// Stops the tasks, kills the process, hands back what it owed.
+    fn shut(&mut self) -> Vec<Owed> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(child) = self.child.take() {
+            bury(child);
+        }
+        std::mem::take(&mut self.owed).into_values().collect()
+    }
+}
+
+async fn write_frames(sock: reactor::io::AsyncFd, mut rx: reactor::Receiver<Outgoing>) {
+    while let Some(o) = rx.recv().await {
+        let mut frame = o.frame;
+        if !o.fds.is_empty() {
+            let fds: Vec<_> = o.fds.iter().map(|f| f.as_fd()).collect();
+            let (r, f) = sock.sendmsg(frame, &fds).await;
+            match r {
+                Ok(n) => {
+                    frame = f;
+                    frame.drain(..n);
+                }
+                Err(_) => return,
+            }
+        }
+        if !frame.is_empty() && sock.write_all(frame).await.0.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_events(
+    sock: reactor::io::AsyncFd,
+    link: Weak<RefCell<Link>>,
+    pool: Weak<RefCell<Pool>>,
+    slot: usize,
+    generation: u64,
+) {
+    let mut buf = Vec::new();
+    let why = 'read: loop {
+        let (r, mut b) = sock.read(Vec::with_capacity(64 << 10)).await;
+        match r {
+            Ok(0) => break "exited",
+            Ok(_) => buf.append(&mut b),
+            Err(_) => break "socket error",
+        }
+        let frames = match wire::split_frames(&mut buf) {
+            Ok(f) => f,
+            Err(_) => break "protocol error",
+        };
+        let Some(link) = link.upgrade() else { return };
+        for body in frames {
+            let done = {
+                let mut l = link.borrow_mut();
+                match wire::decode_event(&body) {
+                    Ok(Event::Ready(_)) => {
+                        l.ready = Some(Instant::now());
+                        None
+                    }
+                    Ok(Event::Reply { seq, rc }) => l.owed.remove(&seq).map(|o| {
+                        let r = if rc == 0 {
+                            Ok(())
+                        } else {
+                            Err(ProtocolError::RendererFailed(rc))
+                        };
+                        match o.kind {
+                            OwedKind::Nothing => (None, r.map(|()| Vec::new())),
+                            OwedKind::Reply(s) | OwedKind::Fence(s) => {
+                                (Some(s), r.map(|()| Vec::new()))
+                            }
+                            OwedKind::Pixels { slot, offset, len } => {
+                                let px = l.readback.take(offset, len);
+                                (Some(slot), r.map(|()| px))
+                            }
+                        }
+                    }),
+                    Err(_) => break 'read "protocol error",
+                }
+            };
+            if let Some((Some(s), r)) = done {
+                s.complete(r);
+            }
+        }
+    };
+    worker_lost(&pool, slot, generation, why);
+}
+
+/// Kills a worker that leaves a request (not a fence) unanswered past the
+/// deadline, or does not come up; the reader then sees it go.
+async fn watchdog(link: Weak<RefCell<Link>>, deadline: Duration, slot: usize) {
+    let period = (deadline / 4).max(Duration::from_millis(5));
+    loop {
+        if reactor::time::sleep(period).await.is_err() {
+            return;
+        }
+        let Some(link) = link.upgrade() else { return };
+        let mut l = link.borrow_mut();
+        let now = Instant::now();
+        // Requests queued while the worker was still starting are timed
+        // from when it was ready: start-up has its own, longer deadline.
+        let (late, stuck) = match l.ready {
+            Some(ready) => {
+                let late = l
+                    .owed
+                    .values()
+                    .find(|o| !matches!(o.kind, OwedKind::Fence(_)))
+                    .is_some_and(|o| now - o.sent.max(ready) > deadline);
+                (late, false)
+            }
+            None => (false, now - l.started > STARTUP_DEADLINE),
+        };
+        if late || stuck {
+            tracing::error!(
+                slot,
+                pid = l.pid,
+                ?deadline,
+                "render worker missed its watchdog deadline: killing it"
+            );
+            if let Some(c) = l.child.as_mut() {
+                let _ = c.kill();
+            }
+            return;
+        }
+    }
+}
+
+/// A worker went: abandon what it owed, lose its contexts, restart it.
+fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &str) {
+    let Some(pool) = pool.upgrade() else { return };
+    let owed = {
+        let mut p = pool.borrow_mut();
+        let Some(link) = p.links.get(slot).cloned().flatten() else {
+            return;
+        };
+        let mut l = link.borrow_mut();
+        if l.generation != generation {
+            return;
+        }
+        let owed = l.shut();
+        let (pid, was_ready) = (l.pid, l.ready.is_some());
+        drop(l);
+        let lost: Vec<u32> = p
+            .contexts
+            .iter()
+            .filter(|(_, c)| c.slot == slot && c.generation == generation)
+            .map(|(&id, _)| id)
+            .collect();
+        p.stats.losses.fetch_add(1, Ordering::Relaxed);
+        p.stats
+            .contexts_lost
+            .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        tracing::error!(slot, pid, why, contexts = ?lost, "render worker lost: its contexts are lost, the others continue");
+        p.links[slot] = None;
+        if was_ready {
+            match Link::start(&p.opts, slot, generation + 1, Rc::downgrade(&pool)) {
+                Ok(l) => {
+                    p.links[slot] = Some(l);
+                    p.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(slot, error = %e, "render worker not restarted"),
+            }
+        } else {
+            tracing::error!(
+                slot,
+                "render worker died before it was ready: its slot stays empty"
+            );
+        }
+        p.publish();
+        owed
+    };
+    for o in owed {
+        o.abandon();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    slot: usize,
+    generation: u64,
+}
+
+struct PoolResource {
+    width: u32,
+    height: u32,
+    kind: ResourceKind,
+    home: Option<Placed>,
+}
+
+/// All workers of one device instance.
+struct Pool {
+    opts: WorkerOptions,
+    stats: Arc<WorkerStats>,
+    links: Vec<Option<Rc<RefCell<Link>>>>,
+    contexts: HashMap<u32, Placed>,
+    /// Contexts that have done nothing yet (no submit, fence, attach or
+    /// transfer), with what created them: they may still move.
+    fresh: HashMap<u32, (u8, Vec<u8>)>,
+    resources: HashMap<u32, PoolResource>,
+}
+
+impl Pool {
+    /// The worker of `p` if it is still the one things were placed on.
+    fn link(&self, p: Placed) -> Option<Rc<RefCell<Link>>> {
+        self.links
+            .get(p.slot)
+            .cloned()
+            .flatten()
+            .filter(|l| l.borrow().generation == p.generation)
+    }
+
+    /// The live worker with the fewest contexts.
+    fn least_loaded(&self) -> Option<Placed> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, l)| {
+                let l = l.as_ref()?.borrow();
+                Some((l.contexts, slot, l.generation))
+            })
+            .min()
+            .map(|(_, slot, generation)| Placed { slot, generation })
+    }
+
+    fn context(&self, ctx: u32) -> Result<(Placed, Rc<RefCell<Link>>), ProtocolError> {
+        let p = *self
+            .contexts
+            .get(&ctx)
+            .ok_or(ProtocolError::UnknownContext(ctx))?;
+        let link = self.link(p).ok_or(ProtocolError::RenderWorkerLost(ctx))?;
+        Ok((p, link))
+    }
+
+    /// The worker resource `id` lives on, creating it there first if it
+    /// lives nowhere yet (on `want`, else the least loaded worker).
+    fn place(
+        &mut self,
+        id: u32,
+        want: Option<Placed>,
+    ) -> Result<(Placed, LinkRef, Option<ReplyWait>), ProtocolError> {
+        let home = self
+            .resources
+            .get(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?
+            .home;
+        if let Some(p) = home {
+            let link = self.link(p).ok_or(ProtocolError::RenderWorkerLost(id))?;
+            return Ok((p, link, None));
+        }
+        let p = want
+            .or_else(|| self.least_loaded())
+            .ok_or(ProtocolError::RenderWorkerLost(id))?;
+        let link = self.link(p).ok_or(ProtocolError::RenderWorkerLost(id))?;
+        let r = self
+            .resources
+            .get_mut(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
+        r.home = Some(p);
+        let wait = link.borrow_mut().request(
+            Request::ResCreate {
+                id,
+                kind: r.kind.clone(),
+            },
+            id,
+        );
+        Ok((p, link, Some(wait)))
+    }
+
+    /// Refuses a resource that lives on another worker than `ctx`.
+    fn refuse_elsewhere(
+        &self,
+        id: u32,
+        ctx: u32,
+        home: Placed,
+        want: Placed,
+    ) -> Result<(), ProtocolError> {
+        if home.slot == want.slot {
+            return Ok(());
+        }
+        self.stats
+            .cross_worker_refusals
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            resource = id,
+            ctx,
+            resource_worker = home.slot,
+            context_worker = want.slot,
+            "a resource is used by a context on another render worker: refused"
+        );
+        Err(ProtocolError::ResourceOnOtherWorker { resource: id, ctx })
+    }
+
+    /// Moves context `ctx` from `from` to `to` (it has done nothing yet, so
+    /// there is nothing of it to carry over).
+    fn move_context(&mut self, ctx: u32, from: Placed, to: Placed) -> Option<ReplyWait> {
+        let (capset, name) = self.fresh.get(&ctx).cloned()?;
+        let new = self.link(to)?;
+        if let Some(old) = self.link(from) {
+            let mut l = old.borrow_mut();
+            l.contexts = l.contexts.saturating_sub(1);
+            l.send(Request::CtxDestroy(ctx), Vec::new(), ctx, OwedKind::Nothing);
+        }
+        let wait = {
+            let mut l = new.borrow_mut();
+            l.contexts += 1;
+            l.request(Request::CtxCreate { ctx, capset, name }, ctx)
+        };
+        self.contexts.insert(ctx, to);
+        self.stats.context_moves.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            ctx,
+            from = from.slot,
+            to = to.slot,
+            "context follows its first resource"
+        );
+        self.publish();
+        Some(wait)
+    }
+
+    /// Tells the stats what each slot holds now.
+    fn publish(&self) {
+        let mut view: Vec<SlotView> = self
+            .links
+            .iter()
+            .map(|l| SlotView {
+                pid: l.as_ref().map(|l| l.borrow().pid),
+                contexts: Vec::new(),
+            })
+            .collect();
+        for (&ctx, &p) in &self.contexts {
+            if self.link(p).is_some() {
+                view[p.slot].contexts.push(ctx);
+            }
+        }
+        for v in &mut view {
+            v.contexts.sort_unstable();
+        }
+        *self.stats.slots.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    fn shut_all(&mut self) {
+        let mut owed = Vec::new();
+        for l in self.links.drain(..).flatten() {
+            owed.extend(l.borrow_mut().shut());
+        }
+        for o in owed {
+            o.abandon();
+        }
+    }
+}
+
+/// The worker-backed `virgl` renderer of the render shard.
+pub struct WorkerPool {
+    pool: Rc<RefCell<Pool>>,
+    /// What the current command waits for (see [`Renderer::settle`]).
+    owed: Vec<ReplyWait>,
+}
+
+impl WorkerPool {
+    fn start(opts: WorkerOptions, stats: Arc<WorkerStats>) -> Result<WorkerPool, String> {
+        let n = opts.workers.max(1);
+        let pool = Rc::new(RefCell::new(Pool {
+            opts,
+            stats,
+            links: Vec::with_capacity(n),
+            contexts: HashMap::new(),
+            fresh: HashMap::new(),
+            resources: HashMap::new(),
+        }));
+        for slot in 0..n {
+            let opts = pool.borrow().opts.clone();
+            match Link::start(&opts, slot, 0, Rc::downgrade(&pool)) {
+                Ok(l) => pool.borrow_mut().links.push(Some(l)),
+                Err(e) => {
+                    pool.borrow_mut().shut_all();
+                    return Err(e);
+                }
+            }
+        }
+        pool.borrow().publish();
+        Ok(WorkerPool {
+            pool,
+            owed: Vec::new(),
+        })
+    }
+
+    fn owe(&mut self, w: Option<ReplyWait>) {
+        self.owed.extend(w);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        id: u32,
+        ctx: u32,
+        check: Option<Rect>,
+        req: impl FnOnce(Vec<crate::protocol::MemEntry>) -> Request,
+        backing: &Backing,
+        mem: &GuestMem,
+    ) -> Result<(), ProtocolError> {
+        let mut p = self.pool.borrow_mut();
+        let r = p
+            .resources
+            .get(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
+        if let Some(rect) = check {
+            if !rect.fits_within(r.width, r.height) {
+                return Err(ProtocolError::RectOutsideResource);
+            }
+        }
+        let want = match ctx {
+            0 => None,
+            ctx => p.contexts.get(&ctx).copied(),
+        };
+        p.fresh.remove(&ctx);
+        let (home, link, created) = p.place(id, want)?;
+        if let Some(want) = want {
+            p.refuse_elsewhere(id, ctx, home, want)?;
+        }
+        drop(p);
+        self.owe(created);
+        let mut l = link.borrow_mut();
+        l.share_memory(mem)?;
+        let wait = l.request(req(backing.entries().to_vec()), id);
+        drop(l);
+        self.owe(Some(wait));
+        Ok(())
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.pool.borrow_mut().shut_all();
+    }
+}
+
+impl Renderer for WorkerPool {
+    fn create_context(
+        &mut self,
+        ctx: u32,
+        capset_id: u8,
+        name: &[u8],
+    ) -> Result<(), ProtocolError> {
+        match u32::from(capset_id) {
+            0 | VIRTIO_GPU_CAPSET_VIRGL | VIRTIO_GPU_CAPSET_VIRGL2 => {}
+            id => return Err(ProtocolError::UnsupportedCapset { id, version: 0 }),
+        }
+        let mut p = self.pool.borrow_mut();
+        if p.contexts.contains_key(&ctx) {
+            return Err(ProtocolError::ContextIdInUse(ctx));
+        }
+        let at = p
+            .least_loaded()
+            .ok_or(ProtocolError::RenderWorkerLost(ctx))?;
+        let link = p.link(at).ok_or(ProtocolError::RenderWorkerLost(ctx))?;
+        p.contexts.insert(ctx, at);
+        p.fresh.insert(ctx, (capset_id, name.to_vec()));
+        let wait = {
+            let mut l = link.borrow_mut();
+            l.contexts += 1;
+            l.request(
+                Request::CtxCreate {
+                    ctx,
+                    capset: capset_id,
+                    name: name.to_vec(),
+                },
+                ctx,
+            )
+        };
+        tracing::debug!(ctx, worker = at.slot, "context placed");
+        p.publish();
+        drop(p);
+        self.owe(Some(wait));
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, ctx: u32) {
+        let mut p = self.pool.borrow_mut();
+        p.fresh.remove(&ctx);
+        let Some(at) = p.contexts.remove(&ctx) else {
+            return;
+        };
+        if let Some(link) = p.link(at) {
+            let mut l = link.borrow_mut();
+            l.contexts = l.contexts.saturating_sub(1);
+            l.send(Request::CtxDestroy(ctx), Vec::new(), ctx, OwedKind::Nothing);
+        }
+        p.publish();
+    }
+
+    fn attach_resource(&mut self, ctx: u32, id: u32) -> Result<(), ProtocolError> {
+        let mut p = self.pool.borrow_mut();
+        let (mut at, _) = p.context(ctx)?;
+        // A context that has done nothing yet follows an existing resource
+        // to its worker, so contexts sharing resources end up together
+        // (a compositor importing a client's buffer first).
+        let home = p.resources.get(&id).and_then(|r| r.home);
+        let mut moved = None;
+        if let Some(home) = home.filter(|h| h.slot != at.slot) {
+            moved = p.move_context(ctx, at, home);
+            if moved.is_some() {
+                at = home;
+            }
+        }
+        p.fresh.remove(&ctx);
+        let (home, link, created) = p.place(id, Some(at))?;
+        p.refuse_elsewhere(id, ctx, home, at)?;
+        drop(p);
+        self.owe(moved);
+        self.owe(created);
+        let wait = link
+            .borrow_mut()
+            .request(Request::Attach { ctx, res: id }, ctx);
+        self.owe(Some(wait));
+        Ok(())
+    }
+
+    fn detach_resource(&mut self, ctx: u32, id: u32) {
+        let p = self.pool.borrow();
+        let (Ok((at, link)), Some(Some(home))) =
+            (p.context(ctx), p.resources.get(&id).map(|r| r.home))
+        else {
+            return;
+        };
+        if at.slot == home.slot {
+            link.borrow_mut().send(
+                Request::Detach { ctx, res: id },
+                Vec::new(),
+                ctx,
+                OwedKind::Nothing,
+            );
+        }
+    }
+
+    fn submit(&mut self, ctx: u32, ring: u8, cmds: &[u8]) -> Result<(), ProtocolError> {
+        if ring != 0 {
+            return Err(ProtocolError::RingIdxOutOfRange(ring));
+        }
+        if !cmds.len().is_multiple_of(4) {
+            return Err(ProtocolError::RendererFailed(libc::EINVAL));
+        }
+        let (_, link) = {
+            let mut p = self.pool.borrow_mut();
+            p.fresh.remove(&ctx);
+            p.context(ctx)?
+        };
+        let wait = link.borrow_mut().request(
+            Request::Submit {
+                ctx,
+                ring,
+                cmds: cmds.to_vec(),
+            },
+            ctx,
+        );
+        self.owe(Some(wait));
+        Ok(())
+    }
+
+    fn fence(&mut self, ctx: u32, ring: u8) -> GpuWait {
+        // ctx 0 work (transfers, read-back) is done once its replies are
+        // in, which the device awaits before the fence: nothing to wait
+        // for. A lost context's fences complete at once: never lost.
+        let Ok((_, link)) = ({
+            let mut p = self.pool.borrow_mut();
+            p.fresh.remove(&ctx);
+            p.context(ctx)
+        }) else {
+            return Box::pin(std::future::ready(()));
+        };
+        let slot = ReplySlot::new();
+        link.borrow_mut().send(
+            Request::Fence { ctx, ring },
+            Vec::new(),
+            ctx,
+            OwedKind::Fence(slot.clone()),
+        );
+        Box::pin(async move {
+            let _ = ReplyWait(slot).await;
+        })
+    }
+
+    fn create_resource(&mut self, id: u32, kind: &ResourceKind) -> Result<(), ProtocolError> {
+        let (width, height) = match kind {
+            ResourceKind::Image2d { width, height, .. } => (*width, *height),
+            ResourceKind::Image3d(c) => (c.width, c.height),
+            ResourceKind::HostBlob { .. } | ResourceKind::GuestBlob { .. } => {
+                return Err(ProtocolError::FeatureNotNegotiated {
+                    command: VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
+                    feature: VIRTIO_GPU_F_RESOURCE_BLOB,
+                })
+            }
+        };
+        let mut p = self.pool.borrow_mut();
+        if p.resources.contains_key(&id) {
+            return Err(ProtocolError::ResourceIdInUse(id));
+        }
+        // Created on a worker when first used (see `Pool::place`).
+        p.resources.insert(
+            id,
+            PoolResource {
+                width,
+                height,
+                kind: kind.clone(),
+                home: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn destroy_resource(&mut self, id: u32) {
+        let mut p = self.pool.borrow_mut();
+        let Some(r) = p.resources.remove(&id) else {
+            return;
+        };
+        if let Some(link) = r.home.and_then(|h| p.link(h)) {
+            link.borrow_mut()
+                .send(Request::ResDestroy(id), Vec::new(), id, OwedKind::Nothing);
+        }
+    }
+
+    fn transfer_to_host_2d(
+        &mut self,
+        id: u32,
+        rect: Rect,
+        offset: u64,
+        backing: &Backing,
+        mem: &GuestMem,
+    ) -> Result<(), ProtocolError> {
+        self.transfer(
+            id,
+            0,
+            Some(rect),
+            |entries| Request::Transfer2d {
+                id,
+                rect,
+                offset,
+                entries,
+            },
+            backing,
+            mem,
+        )
+    }
+
+    fn transfer_3d(
+        &mut self,
+        ctx: u32,
+        t: &Transfer3d,
+        to_host: bool,
+        backing: &Backing,
+        mem: &GuestMem,
+    ) -> Result<(), ProtocolError> {
+        let t = *t;
+        self.transfer(
+            t.resource_id.0,
+            ctx,
+            None,
+            |entries| Request::Transfer3d {
+                ctx,
+                t,
+                to_host,
+                entries,
+            },
+            backing,
+            mem,
+        )
+    }
+
+    fn read_rect(
+        &mut self,
+        _id: u32,
+        _rect: Rect,
+        _out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        // Pixels live in another process: only `read_rect_later` has them.
+        Err(ProtocolError::RendererFailed(libc::EAGAIN))
+    }
+
+    fn read_rect_later(&mut self, id: u32, rect: Rect, _out: Vec<u8>) -> PixelsWait {
+        let ready = |r| -> PixelsWait { Box::pin(std::future::ready(r)) };
+        let p = self.pool.borrow();
+        let Some(r) = p.resources.get(&id) else {
+            return ready(Err(ProtocolError::UnknownResource(id)));
+        };
+        if !rect.fits_within(r.width, r.height) {
+            return ready(Err(ProtocolError::RectOutsideResource));
+        }
+        let len = u64::from(rect.width) * u64::from(rect.height) * 4;
+        let Some(home) = r.home else {
+            // Never rendered to nor written: what a fresh resource holds.
+            return ready(Ok(vec![0; len as usize]));
+        };
+        if len == 0 {
+            return ready(Ok(Vec::new()));
+        }
+        let Some(link) = p.link(home) else {
+            return ready(Err(ProtocolError::RenderWorkerLost(id)));
+        };
+        drop(p);
+        let mut l = link.borrow_mut();
+        let Some(offset) = l.readback.alloc(len) else {
+            return ready(Err(ProtocolError::OutOfMemory { requested: len }));
+        };
+        let slot = ReplySlot::new();
+        l.send(
+            Request::ReadRect {
+                id,
+                rect,
+                shm_offset: offset,
+            },
+            Vec::new(),
+            id,
+            OwedKind::Pixels {
+                slot: slot.clone(),
+                offset,
+                len,
+            },
+        );
+        Box::pin(ReplyWait(slot))
+    }
+
+    fn blob_memory(&mut self, _id: u32) -> Option<BlobMemory> {
+        None
+    }
+
+    fn settle(&mut self) -> Option<Settle> {
+        if self.owed.is_empty() {
+            return None;
+        }
+        let owed = std::mem::take(&mut self.owed);
+        Some(Box::pin(async move {
+            let mut first = Ok(());
+            for w in owed {
+                if let Err(e) = w.await {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+            first
+        }))
+    }
+}

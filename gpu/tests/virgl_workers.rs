@@ -1,0 +1,359 @@
+//! Render workers (feature `virgl`): the whole device in this process, its
+//! virglrenderers in `gpu-reactor --render-worker` children. Placement,
+//! the cross-worker resource rule, and losing a worker (kill -9, or
+//! stopped past the watchdog) without losing anyone else's work.
+#![cfg(feature = "virgl")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpu::protocol::wire::{
+    VIRTIO_GPU_CAPSET_VIRGL2, VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID, VIRTIO_GPU_RESP_ERR_UNSPEC,
+};
+use gpu::protocol::*;
+use gpu::render::virgl::{
+    clear_stream, WorkerExe, WorkerOptions, WorkerPoolFactory, WorkerStats,
+    VIRGL_FORMAT_R8G8B8A8_UNORM,
+};
+use loadgen::direct::{DirectBackend, DirectOptions};
+use loadgen::driver::{GpuDriver, Queue};
+
+const T: Duration = Duration::from_secs(20);
+const SIZE: u32 = 64;
+const TARGET_2D: u32 = 2;
+const BIND: u32 = 1 << 1 | 1 << 3;
+
+fn start(workers: usize, watchdog: Duration) -> (DirectBackend, GpuDriver, Arc<WorkerStats>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("gpu=info")
+        .try_init();
+    let mut o = WorkerOptions::new(workers, WorkerExe::at(env!("CARGO_BIN_EXE_gpu-reactor")));
+    o.watchdog = watchdog;
+    let factory = WorkerPoolFactory::new(o).expect("a render worker starts headless");
+    let stats = factory.stats();
+    let (b, d) = DirectBackend::start(DirectOptions {
+        renderer: Arc::new(factory),
+        ..DirectOptions::default()
+    })
+    .unwrap();
+    (b, d, stats)
+}
+
+fn call(d: &mut GpuDriver, req: Request) -> Response {
+    d.call(Queue::Control, &req, T).unwrap().response.unwrap().1
+}
+
+fn create_ctx(d: &mut GpuDriver, ctx: u32) -> Response {
+    call(
+        d,
+        Request::new(GpuCommand::CtxCreate(CtxCreate {
+            debug_name: b"desktop".to_vec(),
+            capset_id: VIRTIO_GPU_CAPSET_VIRGL2 as u8,
+        }))
+        .with_ctx(ctx),
+    )
+}
+
+fn create_target(d: &mut GpuDriver, id: u32) {
+    let r = call(
+        d,
+        Request::new(GpuCommand::ResourceCreate3d(ResourceCreate3d {
+            resource_id: ResourceId(id),
+            target: TARGET_2D,
+            format: VIRGL_FORMAT_R8G8B8A8_UNORM,
+            bind: BIND,
+            width: SIZE,
+            height: SIZE,
+            depth: 1,
+            array_size: 1,
+            last_level: 0,
+            nr_samples: 0,
+            flags: 0,
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+}
+
+fn attach(d: &mut GpuDriver, ctx: u32, id: u32) -> Response {
+    call(
+        d,
+        Request::new(GpuCommand::CtxAttachResource(ResourceRef {
+            resource_id: ResourceId(id),
+        }))
+        .with_ctx(ctx),
+    )
+}
+
+/// Clears `res` on `ctx` with a fence; the fenced answer.
+fn clear(d: &mut GpuDriver, ctx: u32, res: u32, rgba: [f32; 4], fence: u64) -> Response {
+    call(
+        d,
+        Request::new(GpuCommand::Submit3d(Submit3d {
+            data: clear_stream(res, rgba),
+        }))
+        .with_ctx(ctx)
+        .with_ring(0)
+        .with_fence(fence),
+    )
+}
+
+/// Flushes `res` to scanout 0 and returns what the display shows.
+fn flush_and_look(b: &DirectBackend, d: &mut GpuDriver, res: u32) -> Vec<u8> {
+    let rect = Rect::new(0, 0, SIZE, SIZE);
+    let r = call(
+        d,
+        Request::new(GpuCommand::SetScanout(SetScanout {
+            rect,
+            scanout_id: ScanoutId(0),
+            resource_id: ResourceId(res),
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let r = call(
+        d,
+        Request::new(GpuCommand::ResourceFlush(ResourceFlush {
+            rect,
+            resource_id: ResourceId(res),
+        }))
+        .with_fence(1000 + u64::from(res)),
+    );
+    assert_eq!(r, Response::OkNodata);
+    b.display.snapshot().frames[&0].clone()
+}
+
+/// The slot whose worker hosts `ctx`.
+fn slot_of(stats: &WorkerStats, ctx: u32) -> usize {
+    stats
+        .slots()
+        .iter()
+        .position(|s| s.contexts.contains(&ctx))
+        .unwrap_or_else(|| panic!("context {ctx} is on no worker: {:?}", stats.slots()))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + T;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn virgl_worker_renders_shares_guest_memory_and_reads_back_through_shared_memory() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 1, 5, [0.4, 0.0, 1.0, 1.0], 7),
+        Response::OkNodata
+    );
+    // TRANSFER_FROM_HOST_3D: the worker writes the guest's own pages (the
+    // guest RAM memfd it was given), nothing copied through the socket.
+    let len = SIZE * SIZE * 4;
+    let backing = d.ram().alloc(u64::from(len), 4096).unwrap();
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceAttachBacking(ResourceAttachBacking {
+            resource_id: ResourceId(5),
+            entries: vec![MemEntry {
+                addr: backing.0,
+                length: len,
+            }],
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::TransferFromHost3d(Transfer3d {
+            box3d: Box3d {
+                x: 0,
+                y: 0,
+                z: 0,
+                w: SIZE,
+                h: SIZE,
+                d: 1,
+            },
+            offset: 0,
+            resource_id: ResourceId(5),
+            level: 0,
+            stride: SIZE * 4,
+            layer_stride: 0,
+        }))
+        .with_ctx(1)
+        .with_fence(9),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let mut guest = vec![0u8; len as usize];
+    vm_memory::Bytes::read_slice(d.ram().memory(), &mut guest, backing).unwrap();
+    assert!(guest.chunks(4).all(|px| px == [102, 0, 255, 255]));
+    // RESOURCE_FLUSH: pixels through the worker's read-back area.
+    let frame = flush_and_look(&b, &mut d, 5);
+    assert!(frame.chunks(4).all(|px| px == [102, 0, 255, 255]));
+    assert_eq!(stats.losses(), 0);
+}
+
+#[test]
+fn virgl_workers_place_each_context_on_the_least_loaded_worker() {
+    let (_b, mut d, stats) = start(2, Duration::from_secs(10));
+    for ctx in 1..=4 {
+        assert_eq!(create_ctx(&mut d, ctx), Response::OkNodata);
+    }
+    let slots = stats.slots();
+    assert_eq!(slots.len(), 2);
+    assert!(slots.iter().all(|s| s.contexts.len() == 2), "{slots:?}");
+    assert_ne!(slots[0].pid, slots[1].pid, "one process per worker");
+    // A context going frees room where it was: the next one goes there.
+    let freed = slot_of(&stats, 3);
+    let r = call(&mut d, Request::new(GpuCommand::CtxDestroy).with_ctx(3));
+    assert_eq!(r, Response::OkNodata);
+    assert_eq!(create_ctx(&mut d, 5), Response::OkNodata);
+    assert_eq!(slot_of(&stats, 5), freed);
+    // Every placed context renders on its worker.
+    for ctx in [1, 2, 4, 5] {
+        let res = 10 + ctx;
+        create_target(&mut d, res);
+        assert_eq!(attach(&mut d, ctx, res), Response::OkNodata);
+        assert_eq!(
+            clear(&mut d, ctx, res, [0.0, 1.0, 0.0, 1.0], u64::from(ctx)),
+            Response::OkNodata
+        );
+    }
+}
+
+#[test]
+fn virgl_resource_of_another_worker_is_refused_with_invalid_resource_id() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
+    assert_ne!(slot_of(&stats, 1), slot_of(&stats, 2));
+    create_target(&mut d, 5);
+    // The first attach places the resource on context 1's worker.
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    // Context 2 has rendered on its own worker: it stays there.
+    create_target(&mut d, 6);
+    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
+        Response::OkNodata
+    );
+    assert_eq!(
+        attach(&mut d, 2, 5),
+        Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
+    );
+    assert_eq!(stats.cross_worker_refusals(), 1);
+    assert_eq!(stats.context_moves(), 0);
+    // The owner keeps rendering it.
+    assert_eq!(
+        clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 3),
+        Response::OkNodata
+    );
+    let frame = flush_and_look(&b, &mut d, 5);
+    assert!(frame.chunks(4).all(|px| px == [255, 0, 0, 255]));
+}
+
+#[test]
+fn virgl_fresh_context_moves_to_the_worker_of_the_resource_it_attaches() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
+    let first = slot_of(&stats, 1);
+    assert_ne!(slot_of(&stats, 2), first);
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    // Context 2 has done nothing yet: sharing resource 5 moves it to
+    // context 1's worker, where it can render into it.
+    assert_eq!(attach(&mut d, 2, 5), Response::OkNodata);
+    assert_eq!(stats.context_moves(), 1);
+    assert_eq!(slot_of(&stats, 2), first);
+    assert_eq!(stats.slots()[1 - first].contexts, Vec::<u32>::new());
+    assert_eq!(
+        clear(&mut d, 2, 5, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    let frame = flush_and_look(&b, &mut d, 5);
+    assert!(frame.chunks(4).all(|px| px == [0, 255, 0, 255]));
+    assert_eq!(stats.cross_worker_refusals(), 0);
+}
+
+#[test]
+fn virgl_worker_killed_loses_only_its_contexts_and_is_restarted() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    for ctx in [1, 2] {
+        assert_eq!(create_ctx(&mut d, ctx), Response::OkNodata);
+        create_target(&mut d, 10 + ctx);
+        assert_eq!(attach(&mut d, ctx, 10 + ctx), Response::OkNodata);
+        assert_eq!(
+            clear(&mut d, ctx, 10 + ctx, [0.0, 0.0, 1.0, 1.0], 1),
+            Response::OkNodata
+        );
+    }
+    let victim = slot_of(&stats, 1);
+    let pid = stats.slots()[victim].pid.unwrap();
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_until("the worker to be restarted", || stats.restarts() == 1);
+    assert_eq!(stats.losses(), 1);
+    assert_eq!(stats.contexts_lost(), 1);
+    let slots = stats.slots();
+    assert!(slots[victim].pid.is_some_and(|p| p != pid), "{slots:?}");
+    // The lost context's commands fail; its fenced ones are still answered.
+    assert_eq!(
+        clear(&mut d, 1, 11, [0.0, 1.0, 0.0, 1.0], 2),
+        Response::Err(VIRTIO_GPU_RESP_ERR_UNSPEC)
+    );
+    // The other worker's context never noticed.
+    assert_eq!(
+        clear(&mut d, 2, 12, [0.0, 1.0, 0.0, 1.0], 2),
+        Response::OkNodata
+    );
+    // A new context goes to the fresh worker (it has none) and renders.
+    assert_eq!(create_ctx(&mut d, 3), Response::OkNodata);
+    assert_eq!(slot_of(&stats, 3), victim);
+    create_target(&mut d, 13);
+    assert_eq!(attach(&mut d, 3, 13), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 3, 13, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    // The loss is in the device's Prometheus text.
+    let text = b.device.metrics().unwrap();
+    for line in [
+        "gpu_reactor_render_workers 2",
+        "gpu_reactor_render_worker_losses_total 1",
+        "gpu_reactor_render_worker_restarts_total 1",
+        "gpu_reactor_render_contexts_lost_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+}
+
+#[test]
+fn virgl_worker_stopped_past_the_watchdog_is_killed_and_its_command_fails() {
+    let (_b, mut d, stats) = start(2, Duration::from_secs(1));
+    for ctx in [1, 2] {
+        assert_eq!(create_ctx(&mut d, ctx), Response::OkNodata);
+        create_target(&mut d, 10 + ctx);
+        assert_eq!(attach(&mut d, ctx, 10 + ctx), Response::OkNodata);
+    }
+    let victim = slot_of(&stats, 1);
+    let pid = stats.slots()[victim].pid.unwrap();
+    // A worker that stops answering (stopped, not dead).
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    // Its command is answered, with an error, once the watchdog fires.
+    assert_eq!(
+        clear(&mut d, 1, 11, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::Err(VIRTIO_GPU_RESP_ERR_UNSPEC)
+    );
+    wait_until("the worker to be restarted", || stats.restarts() == 1);
+    assert_eq!(stats.contexts_lost(), 1);
+    assert_eq!(
+        clear(&mut d, 2, 12, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+}

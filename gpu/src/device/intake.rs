@@ -200,6 +200,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 Some(m) if !m.is_empty() => m.into_iter().take(ours).collect(),
                 _ => o.scanouts.modes().to_vec(),
             };
+            o.shared.display.display_info_asked();
             Ok(Route::Here(Response::display_info(&modes)))
         }
         GpuCommand::GetEdid(g) => {

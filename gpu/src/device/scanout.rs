@@ -52,6 +52,11 @@ pub trait DisplaySink: Send + Sync {
     fn vmm_edid(&self, _scanout: u32) -> Option<Vec<u8>> {
         None
     }
+    /// The guest asked for its display configuration (and was answered from
+    /// the cache): a sink that caches the VMM's view fetches it again in the
+    /// background, so a change is noticed (and announced to the guest with
+    /// `VIRTIO_GPU_EVENT_DISPLAY`) without the guest ever waiting.
+    fn display_info_asked(&self) {}
 }
 
 /// Shows nothing.

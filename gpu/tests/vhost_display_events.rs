@@ -365,9 +365,55 @@ fn a_forwarded_events_clear_refreshes_and_a_refused_config_change_is_not_repeate
     assert_eq!(edid_size(&mut d, 0), (1920, 1080));
 }
 
-/// The guest asks before the VMM has described its display (it is answered
-/// with the device's own modes, not held): when the VMM's answer comes and
-/// differs, that is a display change like any other.
+/// The guest asks while a newly connected VMM display is being asked for its
+/// view the first time (QEMU connects it just before the guest's first
+/// queries): the query waits for that view instead of being answered with
+/// the device's own modes, and no event is needed afterwards.
+#[test]
+fn a_guest_query_during_the_first_fetch_is_answered_with_the_vmm_view() {
+    let r = start(gpu::vhost::BackendOptions {
+        display_reply_timeout: T,
+        ..options_with_outputs(2)
+    });
+    let f = &r.frontend;
+    let ram = guest_ram();
+    let mut d = bring_up_with_edid(f, &ram);
+    let requests = backend_channel(f, 0);
+    let heads: Heads = Arc::new(Mutex::new(vec![(1024, 768), (0, 0)]));
+    let (open_gate, gate) = mpsc::channel();
+    let vmm = attach_gated_display(f, &heads, Some(gate));
+    let deadline = Instant::now() + T;
+    while vmm.recv_timeout(T).expect("no GET_DISPLAY_INFO") != GET_DISPLAY_INFO {
+        assert!(Instant::now() < deadline);
+    }
+    // The VMM answers once the guest's query is in the device (held).
+    let backend = r.backend.clone();
+    let before = backend.device().stats().unwrap();
+    let opener = thread::spawn(move || {
+        wait_until("the guest's query taken and held", || {
+            let s = backend.device().stats().unwrap();
+            s.chains > before.chains
+        });
+        assert_eq!(
+            backend.device().stats().unwrap().completed,
+            before.completed
+        );
+        open_gate.send(()).unwrap();
+    });
+    assert_eq!(
+        display_info(&mut d, 2),
+        vec![(1024, 768, true), (0, 0, false)]
+    );
+    opener.join().unwrap();
+    assert_eq!(edid_size(&mut d, 0), (1024, 768));
+    assert_eq!(events_read(f), 0);
+    assert_eq!(r.backend.display().stats().vmm_changes, 0);
+    assert!(requests.try_recv().is_err(), "a config change for nothing");
+}
+
+/// A VMM slower than the device's bound on that wait (2 s): the guest is
+/// answered with the device's own modes, and when the VMM's view arrives it
+/// is told, as of any other display change.
 #[test]
 fn a_guest_answered_before_the_vmm_spoke_is_told_when_the_vmm_view_arrives() {
     let r = start(gpu::vhost::BackendOptions {

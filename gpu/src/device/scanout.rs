@@ -57,7 +57,18 @@ pub trait DisplaySink: Send + Sync {
     /// background, so a change is noticed (and announced to the guest with
     /// `VIRTIO_GPU_EVENT_DISPLAY`) without the guest ever waiting.
     fn display_info_asked(&self) {}
+    /// While the VMM's view is being fetched for the first time on a new
+    /// display link (the VMM just connected its display): a future that
+    /// resolves once that fetch is over or the link is gone. The guest's
+    /// display queries arriving meanwhile are answered after it (bounded by
+    /// the device), not from a view that is not there yet.
+    fn vmm_view_pending(&self) -> Option<VmmViewWait> {
+        None
+    }
 }
+
+/// See [`DisplaySink::vmm_view_pending`].
+pub type VmmViewWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Shows nothing.
 #[derive(Debug, Default)]

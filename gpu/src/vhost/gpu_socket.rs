@@ -41,7 +41,7 @@ use vm_memory::ByteValued;
 use super::display_queue::{Merged, Outbox, Outgoing};
 use super::frame::{self, Header};
 use super::link::{self, Waiters};
-use crate::device::{CursorEvent, DisplaySink, ScanoutMode};
+use crate::device::{CursorEvent, DisplaySink, ScanoutMode, VmmViewWait};
 use crate::protocol::{DisplayMode, Rect};
 
 /// `VHOST_USER_GPU_PROTOCOL_F_EDID` (bit 0): the VMM answers `GET_EDID`.
@@ -137,9 +137,19 @@ struct State {
     stats: DisplayStats,
     refresh: Refresh,
     on_change: Option<DisplayChanged>,
+    /// The current link's first fetch is over.
+    first_view: bool,
+    /// Waiting for the first fetch (`vmm_view_pending`).
+    view_waiters: Vec<Waker>,
 }
 
 impl State {
+    fn wake_view_waiters(&mut self) {
+        for w in self.view_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
     fn link(&mut self, generation: u64) -> Option<&mut Link> {
         self.link.as_mut().filter(|l| l.generation == generation)
     }
@@ -175,6 +185,8 @@ impl GpuSocketDisplay {
                 stats: DisplayStats::default(),
                 refresh: Refresh::default(),
                 on_change: None,
+                first_view: false,
+                view_waiters: Vec::new(),
             })),
             num_scanouts,
             reply_timeout,
@@ -198,6 +210,8 @@ impl GpuSocketDisplay {
                 running: true,
                 ..Refresh::default()
             };
+            st.first_view = false;
+            st.wake_view_waiters();
             let mut outbox = Outbox::new(self.num_scanouts);
             for (i, m) in st.modes.iter().enumerate() {
                 if let Some(m) = m {
@@ -240,6 +254,7 @@ impl GpuSocketDisplay {
         if let Some(old) = st.link.take() {
             old.close();
         }
+        st.wake_view_waiters();
     }
 
     pub fn is_attached(&self) -> bool {
@@ -295,6 +310,18 @@ impl GpuSocketDisplay {
 impl DisplaySink for GpuSocketDisplay {
     fn vmm_modes(&self) -> Option<Vec<DisplayMode>> {
         link::lock(&self.state).vmm.modes.clone()
+    }
+
+    fn vmm_view_pending(&self) -> Option<VmmViewWait> {
+        let st = link::lock(&self.state);
+        let generation = st.generation;
+        if st.first_view || st.link.as_ref().is_none_or(|l| l.generation != generation) {
+            return None;
+        }
+        Some(Box::pin(FirstView {
+            state: self.state.clone(),
+            generation,
+        }))
     }
 
     fn display_info_asked(&self) {
@@ -391,6 +418,30 @@ fn fail(state: &Shared, generation: u64, error: Option<&str>) {
     st.stats.socket_errors += 1;
     if let Some(l) = st.link.take() {
         l.close();
+    }
+    st.wake_view_waiters();
+}
+
+/// Resolves when link `generation`'s first fetch is over or the link is
+/// gone.
+struct FirstView {
+    state: Shared,
+    generation: u64,
+}
+
+impl std::future::Future for FirstView {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut st = link::lock(&self.state);
+        if st.first_view || st.link(self.generation).is_none() {
+            return std::task::Poll::Ready(());
+        }
+        st.view_waiters.push(cx.waker().clone());
+        std::task::Poll::Pending
     }
 }
 
@@ -572,6 +623,10 @@ async fn fetch_until_settled(
             };
             if changed {
                 st.stats.vmm_changes += 1;
+            }
+            if first {
+                st.first_view = true;
+                st.wake_view_waiters();
             }
             let again = mem::take(&mut st.refresh.again);
             st.refresh.running = again;

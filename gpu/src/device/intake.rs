@@ -10,6 +10,8 @@
 //! [`VMM_VIEW_WAIT`]) so the guest is not told a configuration the VMM is
 //! about to contradict (QEMU cannot be made to tell the guest again).
 
+use std::time::Duration;
+
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 
 use crate::backing::GuestMem;
@@ -22,8 +24,6 @@ use crate::protocol::{
     decode, decode_cursor, edid_for, gather, CtrlHeader, EdidBlob, Format, GpuCommand,
     ProtocolError, Rect, Request, Response, ResponseArea,
 };
-use std::time::Duration;
-
 use vm_memory::GuestAddressSpace;
 
 use super::directory::Shape;
@@ -132,6 +132,13 @@ async fn answer_after_vmm_view(owner: OwnerRef, held: HeldQuery) {
     }
     let mut o = owner.borrow_mut();
     if o.generation != generation {
+        return;
+    }
+    if o.queues[kind as usize].is_none() {
+        // The ring stopped meanwhile (its drain gave up): write nothing to
+        // guest memory, only release the fence ticket.
+        o.complete_now(kind, head, 0, ticket);
+        o.check_quiesced();
         return;
     }
     let mem = o.mem.memory();

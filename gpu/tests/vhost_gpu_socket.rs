@@ -238,8 +238,10 @@ fn a_vmm_that_never_answers_get_display_info_costs_a_timeout_not_a_hang() {
     let mut d = f.bring_up(&ram);
     let vmm = attach_vmm(f, false);
     vmm.next(GET_DISPLAY_INFO);
-    // The guest's own GET_DISPLAY_INFO, asked while the VMM is silent, is
-    // answered (with the device's modes), not held behind the VMM.
+    // The guest's own GET_DISPLAY_INFO, asked while the VMM is silent during
+    // its first display fetch, waits for that fetch at most (bounded by the
+    // reply timeout and the device's VMM_VIEW_WAIT), then is answered with
+    // the device's modes: never held for ever behind the VMM.
     match call(&mut d, Request::new(GpuCommand::GetDisplayInfo)) {
         Response::OkDisplayInfo(modes) => assert!(modes[0].enabled),
         other => panic!("unexpected {other:?}"),

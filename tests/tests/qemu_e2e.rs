@@ -46,17 +46,52 @@ const INSTALL_HINT: &str = "run `tests/run` as root (or with sudo): it installs 
      the bookworm-backports source) and `apt-get install -y linux-image-amd64 busybox-static \
      libdrm-dev gcc`";
 
-/// The guest's pattern (tests/guest/fbfill.c), as RGB.
-fn pattern(x: u32, y: u32) -> [u8; 3] {
+/// The guest's pattern on head `head` (tests/guest/kmsfill.c; head 0's is
+/// also tests/guest/fbfill.c's), as RGB.
+fn pattern(head: u32, x: u32, y: u32) -> [u8; 3] {
     [
-        (x & 0xff) as u8,
-        (y & 0xff) as u8,
-        (((x >> 8) | ((y >> 8) << 4)) ^ 0xa5) as u8,
+        ((x + 64 * head) & 0xff) as u8,
+        ((y ^ (head * 0x55)) & 0xff) as u8,
+        (((x >> 8) | ((y >> 8) << 4)) ^ (0xa5 + 0x3c * head)) as u8,
     ]
 }
 
+/// What the guest does and what the host checks.
+struct Scenario {
+    /// QEMU's `max_outputs` and gpu-reactor's `--outputs`.
+    outputs: u32,
+    /// `fbfill` (fbdev, head 0) or `kmsfill` (DRM/KMS, every head).
+    program: &'static str,
+}
+
+/// One head through fbdev, as most guests first light up a display.
+const ONE_HEAD: Scenario = Scenario {
+    outputs: 1,
+    program: "fbfill",
+};
+
+/// Two heads (`max_outputs=2`), each with its own pattern, set up by
+/// DRM/KMS (fbdev drives only head 0).
+const TWO_HEADS: Scenario = Scenario {
+    outputs: 2,
+    program: "kmsfill",
+};
+
 #[test]
 fn linux_guest_pixels_through_gpu_reactor_and_qemu_contrib() {
+    guest_pixels_through_both_backends(&ONE_HEAD);
+}
+
+/// `max_outputs=2`: the guest lights up both heads with KMS, each with its
+/// own pattern and size, and QMP `screendump` of each head (`device`,
+/// `head`) must show that head's pattern pixel for pixel, with both
+/// backends (QEMU's contrib backend keeps up to 16 scanouts too).
+#[test]
+fn linux_guest_two_heads_through_gpu_reactor_and_qemu_contrib() {
+    guest_pixels_through_both_backends(&TWO_HEADS);
+}
+
+fn guest_pixels_through_both_backends(scenario: &Scenario) {
     let started = Instant::now();
     let host = Host::find();
     let work = WorkDir::new();
@@ -75,6 +110,7 @@ fn linux_guest_pixels_through_gpu_reactor_and_qemu_contrib() {
         &initrd,
         &BackendKind::GpuReactor(reactor),
         &work.sub("gpu-reactor"),
+        scenario,
     )
     .unwrap_or_else(|e| panic!("gpu-reactor: {e}"));
     ours.report("gpu-reactor");
@@ -100,17 +136,41 @@ fn linux_guest_pixels_through_gpu_reactor_and_qemu_contrib() {
         }
     }
 
-    let theirs = boot(&host, &initrd, &BackendKind::Contrib, &work.sub("contrib"))
-        .unwrap_or_else(|e| panic!("QEMU's contrib vhost-user-gpu: {e}"));
+    let theirs = boot(
+        &host,
+        &initrd,
+        &BackendKind::Contrib,
+        &work.sub("contrib"),
+        scenario,
+    )
+    .unwrap_or_else(|e| panic!("QEMU's contrib vhost-user-gpu: {e}"));
     theirs.report("contrib vhost-user-gpu");
 
+    // What the guest was told about its connectors (GET_DISPLAY_INFO, EDID):
+    // gpu-reactor answers from the VMM's view it cached, QEMU's backend asks
+    // QEMU each time; the guest must see the same.
+    let connectors = |b: &Boot| -> Vec<String> {
+        b.serial
+            .lines()
+            .filter(|l| l.starts_with("E2E-CONNECTOR") || l.starts_with("kmsfill: head"))
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    };
     assert_eq!(
-        (ours.dump.width, ours.dump.height, checksum(&ours.dump.rgb)),
-        (
-            theirs.dump.width,
-            theirs.dump.height,
-            checksum(&theirs.dump.rgb)
-        ),
+        connectors(&ours),
+        connectors(&theirs),
+        "the guest saw different connectors with gpu-reactor and with QEMU's backend"
+    );
+    let screens = |b: &Boot| -> Vec<(u32, u32, u64)> {
+        b.dumps
+            .iter()
+            .map(|d| (d.width, d.height, checksum(&d.rgb)))
+            .collect()
+    };
+    assert_eq!(ours.dumps.len(), scenario.outputs as usize);
+    assert_eq!(
+        screens(&ours),
+        screens(&theirs),
         "gpu-reactor and QEMU's backend showed different screens for the same guest work"
     );
     println!("total {:.1} s", started.elapsed().as_secs_f64());
@@ -270,22 +330,32 @@ fn gpu_reactor_binary() -> PathBuf {
 // The guest's initramfs
 
 fn build_initramfs(host: &Host, dir: &Path) -> PathBuf {
-    // The guest program, static.
-    let fbfill = dir.join("fbfill");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/guest/fbfill.c");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-I/usr/include/libdrm", "-o"])
-        .arg(&fbfill)
-        .arg(src)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run gcc");
-    assert!(
-        out.status.success(),
-        "gcc -static {src} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The guest programs, static.
+    let programs = [
+        (
+            "fbfill",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/guest/fbfill.c"),
+        ),
+        (
+            "kmsfill",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/guest/kmsfill.c"),
+        ),
+    ];
+    for (name, src) in programs {
+        let out = Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-I/usr/include/libdrm", "-o"])
+            .arg(dir.join(name))
+            .arg(src)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run gcc");
+        assert!(
+            out.status.success(),
+            "gcc -static {src} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let mut cpio = Cpio::default();
     for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
@@ -295,7 +365,9 @@ fn build_initramfs(host: &Host, dir: &Path) -> PathBuf {
     cpio.char_dev("dev/console", 5, 1);
     cpio.file("init", 0o755, include_bytes!("../guest/init"));
     cpio.file("bin/busybox", 0o755, &fs::read(BUSYBOX).unwrap());
-    cpio.file("fbfill", 0o755, &fs::read(&fbfill).unwrap());
+    for (name, _) in programs {
+        cpio.file(name, 0o755, &fs::read(dir.join(name)).unwrap());
+    }
 
     let mut list = String::new();
     for module in guest_modules(&host.kver) {
@@ -483,7 +555,8 @@ enum BackendKind {
 struct Boot {
     serial: String,
     backend_log: String,
-    dump: Ppm,
+    /// A screendump per head, in head order.
+    dumps: Vec<Ppm>,
     boot_to_ready: Duration,
     total: Duration,
     backend_exit: ExitStatus,
@@ -501,16 +574,21 @@ impl Boot {
             if l.starts_with("E2E-DEV")
                 || l.starts_with("E2E-CONNECTOR")
                 || l.starts_with("fbfill:")
+                || l.starts_with("kmsfill:")
             {
                 println!("  {}", l.trim_end());
             }
         }
+        for (head, d) in self.dumps.iter().enumerate() {
+            println!(
+                "---- {name}: head {head}: {}x{} screendump, checksum {:016x}",
+                d.width,
+                d.height,
+                checksum(&d.rgb),
+            );
+        }
         println!(
-            "---- {name}: {}x{} screendump, checksum {:016x}, pattern drawn {:.1} s after start, \
-             boot total {:.1} s, backend exit {}",
-            self.dump.width,
-            self.dump.height,
-            checksum(&self.dump.rgb),
+            "---- {name}: pattern drawn {:.1} s after start, boot total {:.1} s, backend exit {}",
             self.boot_to_ready.as_secs_f64(),
             self.total.as_secs_f64(),
             self.backend_exit
@@ -568,7 +646,13 @@ fn free_local_addr() -> std::net::SocketAddr {
 /// Starts the backend and QEMU, waits for the guest to draw, checks the
 /// screendump against the pattern, stops both. Every failure carries the
 /// logs.
-fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Boot, String> {
+fn boot(
+    host: &Host,
+    initrd: &Path,
+    kind: &BackendKind,
+    dir: &Path,
+    scenario: &Scenario,
+) -> Result<Boot, String> {
     let start = Instant::now();
     let deadline = start + BOOT_LIMIT;
     let sock = dir.join("gpu.sock");
@@ -597,6 +681,7 @@ fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Bo
         BackendKind::GpuReactor(bin) => {
             let mut c = Command::new(bin);
             c.arg("-s").arg(&sock).args(["--renderer", "2d"]);
+            c.arg("--outputs").arg(scenario.outputs.to_string());
             c.arg("--metrics").arg(metrics_addr.to_string());
             c.env("RUST_LOG", "gpu=debug");
             c
@@ -632,7 +717,11 @@ fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Bo
         .args(["-numa", "node,memdev=mem"])
         .arg("-chardev")
         .arg(format!("socket,id=vgpu,path={}", sock.display()))
-        .args(["-device", "vhost-user-gpu-pci,chardev=vgpu,id=gpu0"])
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-gpu-pci,chardev=vgpu,id=gpu0,max_outputs={}",
+            scenario.outputs
+        ))
         .arg("-chardev")
         .arg(format!("file,id=ser0,path={}", serial.display()))
         .args(["-serial", "chardev:ser0"])
@@ -642,27 +731,29 @@ fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Bo
         .arg(&host.kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1"])
+        // no_timer_check: on TCG under load the kernel's IO-APIC timer check
+        // can miss its ticks and panic ("IO-APIC + timer doesn't work!").
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 no_timer_check e2e.prog={}",
+            scenario.program
+        ))
         .stdin(Stdio::null())
         .stdout(qlog.try_clone().unwrap())
         .stderr(qlog);
     let mut qemu = Guard::spawn("qemu", &mut cmd).map_err(|e| logs(&e))?;
 
-    // Until the guest has drawn (or something died).
-    let (w, h) = loop {
+    // Until the guest has drawn (or something died): the size of each head.
+    let heads: Vec<(u32, u32)> = loop {
         let text = fs::read_to_string(&serial).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.starts_with("FBFILL-READY")) {
-            let dims = l.split_whitespace().nth(1).and_then(|d| {
-                let (w, h) = d.split_once('x')?;
-                Some((w.parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?))
-            });
-            match dims {
-                Some(d) => break d,
-                None => return Err(logs(&format!("bad line from the guest: {l}"))),
-            }
+        match drawn_heads(&text) {
+            Ok(Some(heads)) => break heads,
+            Ok(None) => {}
+            Err(bad) => return Err(logs(&format!("bad line from the guest: {bad}"))),
         }
         for bad in [
             "FBFILL-FAILED",
+            "KMSFILL-FAILED",
             "E2E-NO-FB0",
             "E2E-POWEROFF",
             "Kernel panic",
@@ -685,6 +776,13 @@ fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Bo
         std::thread::sleep(Duration::from_millis(100));
     };
     let boot_to_ready = start.elapsed();
+    if heads.len() != scenario.outputs as usize {
+        return Err(logs(&format!(
+            "the guest drew {} heads, the device has {}",
+            heads.len(),
+            scenario.outputs
+        )));
+    }
 
     // (1) the driver bound and /dev/fb0 exists.
     let text = fs::read_to_string(&serial).unwrap_or_default();
@@ -697,36 +795,42 @@ fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Bo
         ));
     }
 
-    // (2) the pixels, through QMP screendump.
+    // (2) the pixels of every head, through QMP screendump.
     let mut qmp = Qmp::connect(&qmp_path, deadline).map_err(|e| logs(&e))?;
-    let dump_path = dir.join("screen.ppm");
-    let pixels_deadline = (Instant::now() + PIXELS_LIMIT).min(deadline);
-    let dump = loop {
-        let _ = fs::remove_file(&dump_path);
-        qmp.execute(&format!(
-            r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
-            dump_path.display()
-        ))
-        .map_err(|e| logs(&format!("QMP screendump: {e}")))?;
-        let dump = Ppm::read(&dump_path).map_err(|e| logs(&format!("screendump: {e}")))?;
-        match dump.compare(w, h) {
-            Ok(()) => break dump,
-            Err(why) if Instant::now() > pixels_deadline => {
-                let keep = dir.join("screen-mismatch.ppm");
-                let _ = fs::rename(&dump_path, &keep);
-                return Err(logs(&format!(
-                    "the screen never showed the guest's pattern within {} s: {why} (last \
-                     screendump kept in {})",
-                    PIXELS_LIMIT.as_secs(),
-                    keep.display()
-                )));
+    let mut dumps = Vec::new();
+    for (head, &(w, h)) in heads.iter().enumerate() {
+        let head = head as u32;
+        let dump_path = dir.join(format!("screen-{head}.ppm"));
+        let pixels_deadline = (Instant::now() + PIXELS_LIMIT).min(deadline);
+        let dump = loop {
+            let _ = fs::remove_file(&dump_path);
+            qmp.execute(&format!(
+                r#"{{"execute":"screendump","arguments":{{"filename":"{}","device":"gpu0","head":{head}}}}}"#,
+                dump_path.display()
+            ))
+            .map_err(|e| logs(&format!("QMP screendump of head {head}: {e}")))?;
+            let dump = Ppm::read(&dump_path)
+                .map_err(|e| logs(&format!("screendump of head {head}: {e}")))?;
+            match dump.compare(head, w, h) {
+                Ok(()) => break dump,
+                Err(why) if Instant::now() > pixels_deadline => {
+                    let keep = dir.join(format!("screen-{head}-mismatch.ppm"));
+                    let _ = fs::rename(&dump_path, &keep);
+                    return Err(logs(&format!(
+                        "head {head} never showed the guest's pattern within {} s: {why} (last \
+                         screendump kept in {})",
+                        PIXELS_LIMIT.as_secs(),
+                        keep.display()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-        if let Some(st) = backend.exited() {
-            return Err(logs(&format!("the backend died: {st}")));
-        }
-    };
+            if let Some(st) = backend.exited() {
+                return Err(logs(&format!("the backend died: {st}")));
+            }
+        };
+        dumps.push(dump);
+    }
 
     let metrics = match kind {
         BackendKind::GpuReactor(_) => match scrape(metrics_addr) {
@@ -758,12 +862,52 @@ fn boot(host: &Host, initrd: &Path, kind: &BackendKind, dir: &Path) -> Result<Bo
     Ok(Boot {
         serial: fs::read_to_string(&serial).unwrap_or_default(),
         backend_log: fs::read_to_string(&backend_log).unwrap_or_default(),
-        dump,
+        dumps,
         boot_to_ready,
         total: start.elapsed(),
         backend_exit,
         metrics,
     })
+}
+
+/// The heads the guest program says it drew, as (width, height) in head
+/// order: `FBFILL-READY WxH` (fbfill, head 0), or `KMSFILL-HEAD h WxH` lines
+/// and then `KMSFILL-READY n` (kmsfill). `Ok(None)`: not drawn yet;
+/// `Err(line)`: a line that does not parse.
+fn drawn_heads(serial: &str) -> Result<Option<Vec<(u32, u32)>>, String> {
+    fn dims(d: &str) -> Option<(u32, u32)> {
+        let (w, h) = d.split_once('x')?;
+        Some((w.parse().ok()?, h.trim().parse().ok()?))
+    }
+    let lines = || serial.lines().map(str::trim_end);
+    if let Some(l) = lines().find(|l| l.starts_with("FBFILL-READY")) {
+        return match l.split_whitespace().nth(1).and_then(dims) {
+            Some(d) => Ok(Some(vec![d])),
+            None => Err(l.to_string()),
+        };
+    }
+    let Some(ready) = lines().find(|l| l.starts_with("KMSFILL-READY")) else {
+        return Ok(None);
+    };
+    let n: usize = ready
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ready.to_string())?;
+    let mut heads = vec![None; n];
+    for l in lines().filter(|l| l.starts_with("KMSFILL-HEAD ")) {
+        let mut f = l.split_whitespace().skip(1);
+        let head: Option<usize> = f.next().and_then(|h| h.parse().ok());
+        match (head, f.next().and_then(dims)) {
+            (Some(h), Some(d)) if h < n => heads[h] = Some(d),
+            _ => return Err(l.to_string()),
+        }
+    }
+    heads
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(Some)
+        .ok_or_else(|| format!("{ready} without a KMSFILL-HEAD line for every head"))
 }
 
 /// A child process that is killed (and reaped) when dropped.
@@ -917,8 +1061,8 @@ impl Ppm {
         Ok(Ppm { width, height, rgb })
     }
 
-    /// Every pixel against the pattern of a `w`x`h` framebuffer.
-    fn compare(&self, w: u32, h: u32) -> Result<(), String> {
+    /// Every pixel against head `head`'s pattern in a `w`x`h` framebuffer.
+    fn compare(&self, head: u32, w: u32, h: u32) -> Result<(), String> {
         if (self.width, self.height) != (w, h) {
             return Err(format!(
                 "screen is {}x{}, the guest's framebuffer {w}x{h}",
@@ -931,7 +1075,7 @@ impl Ppm {
             for x in 0..w {
                 let o = (y as usize * w as usize + x as usize) * 3;
                 let got = &self.rgb[o..o + 3];
-                let want = pattern(x, y);
+                let want = pattern(head, x, y);
                 if got != want {
                     if bad < 5 {
                         write!(first, " ({x},{y}) {got:02x?} != {want:02x?};").unwrap();
@@ -941,7 +1085,7 @@ impl Ppm {
             }
         }
         let expected: Vec<u8> = (0..h)
-            .flat_map(|y| (0..w).flat_map(move |x| pattern(x, y)))
+            .flat_map(|y| (0..w).flat_map(move |x| pattern(head, x, y)))
             .collect();
         if bad == 0 {
             assert_eq!(checksum(&self.rgb), checksum(&expected));

@@ -3,6 +3,14 @@
 //! capsets), or sent to the home shard of its context or resource.
 //! Nothing here waits on a command: a command that cannot finish yet only
 //! occupies its own chain, so the queue never blocks head-of-line.
+//!
+//! Display queries (GET_DISPLAY_INFO, GET_EDID) are answered from the VMM's
+//! cached view, except while a newly connected VMM display is being asked
+//! for it the first time: those wait (as their own task, at most
+//! [`VMM_VIEW_WAIT`]) so the guest is not told a configuration the VMM is
+//! about to contradict (QEMU cannot be made to tell the guest again).
+
+use std::time::Duration;
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 
@@ -21,7 +29,23 @@ use vm_memory::GuestAddressSpace;
 use super::directory::Shape;
 use super::job::{Done, Extra, Job, QueueKind, Reply, ShardMsg};
 use super::owner::{Owner, OwnerRef};
-use super::scanout::{Binding, BlobPlane, CursorEvent, ScanoutMode};
+use super::scanout::{Binding, BlobPlane, CursorEvent, ScanoutMode, VmmViewWait};
+
+/// Longest a display query waits for a newly connected VMM display's first
+/// view (Linux waits 5 s for its first GET_DISPLAY_INFO).
+pub(super) const VMM_VIEW_WAIT: Duration = Duration::from_secs(2);
+
+/// A display query held until the VMM's first view is known.
+pub(super) struct HeldQuery {
+    generation: u64,
+    kind: QueueKind,
+    head: u16,
+    hdr: CtrlHeader,
+    area: ResponseArea,
+    ticket: Option<crate::fence::FenceTicket>,
+    req: Request,
+    wait: VmmViewWait,
+}
 
 /// The intake task of one queue: drain, re-enable notifications, wait for a
 /// kick (an eventfd read on the ring), repeat.
@@ -79,7 +103,53 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
         }
     };
     o.signal_used(kind);
+    let held = std::mem::take(&mut o.held_display);
+    drop(o);
+    for h in held {
+        reactor::spawn_local_named("display-query", answer_after_vmm_view(owner.clone(), h));
+    }
     more
+}
+
+/// Answers a held display query once the VMM's first view is known (or
+/// after [`VMM_VIEW_WAIT`], from whatever is known then).
+async fn answer_after_vmm_view(owner: OwnerRef, held: HeldQuery) {
+    let HeldQuery {
+        generation,
+        kind,
+        head,
+        hdr,
+        area,
+        ticket,
+        req,
+        wait,
+    } = held;
+    if reactor::time::timeout(VMM_VIEW_WAIT, wait).await.is_err() {
+        tracing::warn!(
+            "the VMM's display view is not known after {VMM_VIEW_WAIT:?}; answering the guest's \
+             display query without it"
+        );
+    }
+    let mut o = owner.borrow_mut();
+    if o.generation != generation {
+        return;
+    }
+    if o.queues[kind as usize].is_none() {
+        // The ring stopped meanwhile (its drain gave up): write nothing to
+        // guest memory, only release the fence ticket.
+        o.complete_now(kind, head, 0, ticket);
+        o.check_quiesced();
+        return;
+    }
+    let mem = o.mem.memory();
+    let result = match route(&mut o, &req) {
+        Ok(Route::Here(resp)) => Ok(resp),
+        Ok(Route::Shard(..)) => Err(ProtocolError::UnknownCommandType(hdr.kind)),
+        Err(e) => Err(e),
+    };
+    o.answer_now(kind, head, &hdr, &area, ticket, &result, &mem);
+    o.signal_used(kind);
+    o.check_quiesced();
 }
 
 /// The timeline a fenced header is ordered on.
@@ -147,6 +217,22 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
             return;
         }
     };
+    let display_query = matches!(req.cmd, GpuCommand::GetDisplayInfo | GpuCommand::GetEdid(_));
+    if display_query {
+        if let Some(wait) = o.shared.display.vmm_view_pending() {
+            o.held_display.push(HeldQuery {
+                generation: o.generation,
+                kind,
+                head,
+                hdr,
+                area,
+                ticket,
+                req,
+                wait,
+            });
+            return;
+        }
+    }
     match route(o, &req) {
         Ok(Route::Here(resp)) => o.answer_now(kind, head, &hdr, &area, ticket, &Ok(resp), mem),
         Ok(Route::Shard(shard, extra)) => {
@@ -200,6 +286,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 Some(m) if !m.is_empty() => m.into_iter().take(ours).collect(),
                 _ => o.scanouts.modes().to_vec(),
             };
+            o.shared.display.display_info_asked();
             Ok(Route::Here(Response::display_info(&modes)))
         }
         GpuCommand::GetEdid(g) => {

@@ -43,7 +43,9 @@ use crate::render::{RendererFactory, RendererInfo};
 
 pub use job::QueueKind;
 pub use owner::OwnerStats;
-pub use scanout::{CursorEvent, DisplaySink, NullDisplay, RecordingDisplay, ScanoutMode};
+pub use scanout::{
+    CursorEvent, DisplaySink, NullDisplay, RecordingDisplay, ScanoutMode, VmmViewWait,
+};
 
 /// Virtio transport features the device offers besides its own.
 pub const VIRTIO_F_VERSION_1: u32 = 32;

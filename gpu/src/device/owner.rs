@@ -72,6 +72,9 @@ pub(super) struct Owner {
     /// Commands waiting for their context's in-flight slot, in order.
     pub parked:
         std::collections::HashMap<u32, std::collections::VecDeque<(usize, Box<super::job::Job>)>>,
+    /// Display queries to answer once the VMM's first view is known
+    /// (`DisplaySink::vmm_view_pending`); intake spawns their waits.
+    pub held_display: Vec<super::intake::HeldQuery>,
 }
 
 /// Control messages from the `Device` handle.
@@ -294,6 +297,7 @@ impl Owner {
             stopping: Vec::new(),
             drains: Vec::new(),
             parked: Default::default(),
+            held_display: Vec::new(),
             shared,
         }
     }

@@ -65,7 +65,23 @@ pub trait DisplaySink: Send + Sync {
     fn vmm_edid(&self, _scanout: u32) -> Option<Vec<u8>> {
         None
     }
+    /// The guest asked for its display configuration (and was answered from
+    /// the cache): a sink that caches the VMM's view fetches it again in the
+    /// background, so a change is noticed (and announced to the guest with
+    /// `VIRTIO_GPU_EVENT_DISPLAY`) without the guest ever waiting.
+    fn display_info_asked(&self) {}
+    /// While the VMM's view is being fetched for the first time on a new
+    /// display link (the VMM just connected its display): a future that
+    /// resolves once that fetch is over or the link is gone. The guest's
+    /// display queries arriving meanwhile are answered after it (bounded by
+    /// the device), not from a view that is not there yet.
+    fn vmm_view_pending(&self) -> Option<VmmViewWait> {
+        None
+    }
 }
+
+/// See [`DisplaySink::vmm_view_pending`].
+pub type VmmViewWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Shows nothing.
 #[derive(Debug, Default)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 use super::backend_channel::VmmBlobMapper;
+use super::config_space::ConfigSpace;
 use super::gpu_socket::GpuSocketDisplay;
 use super::link;
 use super::session::{Session, SessionEnd};
@@ -58,6 +59,9 @@ pub struct Backend {
     pub(super) device: Device,
     pub(super) display: Arc<GpuSocketDisplay>,
     pub(super) blob: Arc<VmmBlobMapper>,
+    /// The config space's pending events, shared by the session and the
+    /// display link.
+    pub(super) config: ConfigSpace,
     pub(super) max_queue_size: u16,
     /// Held while a session runs: one frontend at a time.
     session: Mutex<()>,
@@ -101,6 +105,17 @@ impl Backend {
             opts.host_visible_region,
             opts.blob_reply_timeout,
         ));
+        // A change in the VMM's display view reaches the guest as
+        // VIRTIO_GPU_EVENT_DISPLAY and a config interrupt, which a vhost-user
+        // backend asks the frontend for with CONFIG_CHANGE_MSG.
+        let config = ConfigSpace::default();
+        {
+            let (config, blob) = (config.clone(), blob.clone());
+            display.on_change(Arc::new(move || {
+                config.raise_display_event();
+                blob.config_changed();
+            }));
+        }
         let device = Device::new(
             &reactor,
             opts.device.clone(),
@@ -112,6 +127,7 @@ impl Backend {
             device,
             display,
             blob,
+            config,
             max_queue_size: opts.max_queue_size,
             session: Mutex::new(()),
             current: Mutex::new(None),
@@ -131,6 +147,11 @@ impl Backend {
     /// The blob mapper (the backend request channel side).
     pub fn blob_mapper(&self) -> &VmmBlobMapper {
         &self.blob
+    }
+
+    /// Pending config events (`events_read`) of the device.
+    pub fn events_read(&self) -> u32 {
+        self.config.events_read()
     }
 
     pub fn reactor(&self) -> &reactor::Reactor {

@@ -13,6 +13,12 @@
 //! `BACKEND_SEND_FD` (the blob's fd rides along) and `REPLY_ACK` (to learn
 //! whether it worked), and to have given a channel; otherwise the region
 //! size is 0 and the device refuses `MAP_BLOB`.
+//!
+//! The same channel carries `CONFIG_CHANGE_MSG` ([`VmmBlobMapper::config_changed`]),
+//! how a vhost-user backend raises the config interrupt: the display events
+//! in `events_read` changed. It needs `CONFIG`; with `REPLY_ACK` it asks for
+//! an ack, and a frontend that refuses it (QEMU's vhost-user-gpu does: it
+//! keeps `events_read` itself) is not asked again on this channel.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -47,12 +53,16 @@ struct Request {
     code: BackendReq,
     payload: Vec<u8>,
     fd: Option<Arc<OwnedFd>>,
+    need_reply: bool,
 }
 
 struct Link {
     generation: u64,
     fd: AsyncFd,
     can_map: bool,
+    features: VhostUserProtocolFeatures,
+    /// The frontend answered a `CONFIG_CHANGE_MSG` with a failure.
+    config_change_refused: bool,
     queue: VecDeque<Request>,
     waiters: Waiters<u64>,
     writer: Option<Waker>,
@@ -75,6 +85,20 @@ impl Link {
 struct State {
     generation: u64,
     link: Option<Link>,
+    config_changes: ConfigChangeStats,
+}
+
+/// `CONFIG_CHANGE_MSG`s sent and how the frontend took them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigChangeStats {
+    /// Messages written to the channel.
+    pub sent: u64,
+    /// Acked with status 0.
+    pub acked: u64,
+    /// Acked with a failure (the frontend does not take them).
+    pub refused: u64,
+    /// Not sent: no channel, `CONFIG` not negotiated, or refused before.
+    pub skipped: u64,
 }
 
 impl State {
@@ -132,6 +156,8 @@ impl VmmBlobMapper {
                 generation: st.generation,
                 fd: fd.clone(),
                 can_map,
+                features,
+                config_change_refused: false,
                 queue: VecDeque::new(),
                 waiters: Waiters::default(),
                 writer: None,
@@ -188,6 +214,7 @@ impl VmmBlobMapper {
                 code,
                 payload: msg.as_slice().to_vec(),
                 fd,
+                need_reply: true,
             });
             if let Some(w) = l.writer.take() {
                 w.wake();
@@ -210,6 +237,74 @@ impl VmmBlobMapper {
                 ))),
             }
         })
+    }
+
+    /// Tells the frontend the device config changed (`CONFIG_CHANGE_MSG`:
+    /// it then raises the guest's config interrupt). Nothing waits for the
+    /// answer; a refusal is logged once and stops further messages on this
+    /// channel.
+    pub fn config_changed(&self) {
+        let rx = {
+            let mut st = link::lock(&self.state);
+            let State {
+                link,
+                config_changes,
+                ..
+            } = &mut *st;
+            let usable = link.as_mut().filter(|l| {
+                l.features.contains(VhostUserProtocolFeatures::CONFIG) && !l.config_change_refused
+            });
+            let Some(l) = usable else {
+                config_changes.skipped += 1;
+                return;
+            };
+            let need_reply = l.features.contains(VhostUserProtocolFeatures::REPLY_ACK);
+            let generation = l.generation;
+            let rx = need_reply.then(|| l.waiters.push(BackendReq::CONFIG_CHANGE_MSG as u32));
+            l.queue.push_back(Request {
+                code: BackendReq::CONFIG_CHANGE_MSG,
+                payload: Vec::new(),
+                fd: None,
+                need_reply,
+            });
+            if let Some(w) = l.writer.take() {
+                w.wake();
+            }
+            config_changes.sent += 1;
+            rx.map(|rx| (rx, generation))
+        };
+        let Some((mut rx, generation)) = rx else {
+            return;
+        };
+        let (state, timeout) = (self.state.clone(), self.reply_timeout);
+        self.shard.run(move || {
+            reactor::spawn_local_named("config-change-ack", async move {
+                let status = match reactor::time::timeout(timeout, rx.recv()).await {
+                    Ok(Some(s)) => s,
+                    // Channel gone or no answer: nothing to learn.
+                    _ => return,
+                };
+                let mut st = link::lock(&state);
+                if status == 0 {
+                    st.config_changes.acked += 1;
+                    return;
+                }
+                st.config_changes.refused += 1;
+                if let Some(l) = st.link(generation) {
+                    l.config_change_refused = true;
+                    tracing::info!(
+                        status,
+                        "the frontend refused CONFIG_CHANGE_MSG (QEMU's vhost-user-gpu keeps \
+                         the GPU config events itself); not sent again on this channel"
+                    );
+                }
+            });
+        });
+    }
+
+    /// What happened to `CONFIG_CHANGE_MSG`s so far.
+    pub fn config_change_stats(&self) -> ConfigChangeStats {
+        link::lock(&self.state).config_changes
     }
 
     fn in_region(&self, shm_offset: u64, len: u64) -> bool {
@@ -299,7 +394,8 @@ async fn writer(state: Shared, generation: u64, fd: AsyncFd) {
         let Some(req) = next else {
             return;
         };
-        let header = Header::request(req.code as u32, FLAG_NEED_REPLY, req.payload.len());
+        let flags = if req.need_reply { FLAG_NEED_REPLY } else { 0 };
+        let header = Header::request(req.code as u32, flags, req.payload.len());
         let mut bytes = header.to_bytes().to_vec();
         bytes.extend_from_slice(&req.payload);
         let fds: Vec<_> = req.fd.iter().map(|f| f.as_fd()).collect();

@@ -1,9 +1,15 @@
 //! `GET_CONFIG`/`SET_CONFIG`: the 16-byte `virtio_gpu_config` as the
 //! frontend reads and writes it. `events_clear` is write-to-clear (each 1
 //! bit clears that bit of `events_read`); the other fields are read-only.
+//!
+//! `events_read` is shared: the session reads and clears it, the display
+//! link raises `VIRTIO_GPU_EVENT_DISPLAY` from a reactor task when the VMM's
+//! display configuration changed (see `Backend::start`).
 
 use std::fmt;
 use std::mem;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserConfig, VhostUserConfigFlags};
 
@@ -96,19 +102,36 @@ impl ConfigAccess {
     }
 }
 
-/// The config state the backend keeps per session.
-#[derive(Debug, Default, Clone, Copy)]
+/// The config state the backend keeps: pending events. Clones share it.
+#[derive(Debug, Default, Clone)]
 pub struct ConfigSpace {
-    events_read: u32,
+    events_read: Arc<AtomicU32>,
 }
 
 impl ConfigSpace {
     fn current(&self, device: GpuConfig) -> GpuConfig {
         GpuConfig {
-            events_read: self.events_read,
+            events_read: self.events_read(),
             events_clear: 0,
             ..device
         }
+    }
+
+    /// Pending events (`VIRTIO_GPU_EVENT_*`).
+    pub fn events_read(&self) -> u32 {
+        self.events_read.load(Ordering::Acquire)
+    }
+
+    /// Raises `VIRTIO_GPU_EVENT_DISPLAY`.
+    pub fn raise_display_event(&self) {
+        let mut c = GpuConfig::default();
+        c.signal_display_change();
+        self.events_read.fetch_or(c.events_read, Ordering::AcqRel);
+    }
+
+    /// No events pending (device reset, new session).
+    pub fn reset(&self) {
+        self.events_read.store(0, Ordering::Release);
     }
 
     /// `GET_CONFIG`: the requested bytes of the current config.
@@ -118,8 +141,10 @@ impl ConfigSpace {
     }
 
     /// `SET_CONFIG`: applies a write to `events_clear`; writes to read-only
-    /// fields are ignored, as a device ignores them.
-    pub fn write(&mut self, device: GpuConfig, access: &ConfigAccess) -> Result<(), ConfigError> {
+    /// fields are ignored, as a device ignores them. Returns the bits the
+    /// driver wrote to `events_clear` (QEMU, which keeps `events_read`
+    /// itself, still forwards them: they say the guest handled an event).
+    pub fn write(&self, access: &ConfigAccess) -> Result<u32, ConfigError> {
         let range = access.range()?;
         // Only the bytes written count: a field not written clears nothing.
         let mut written = [0u8; GpuConfig::SIZE];
@@ -132,10 +157,10 @@ impl ConfigSpace {
             written[EVENTS_CLEAR + 2],
             written[EVENTS_CLEAR + 3],
         ]);
-        let mut config = self.current(device);
-        config.clear_events(clear);
-        self.events_read = config.events_read;
-        Ok(())
+        if clear != 0 {
+            self.events_read.fetch_and(!clear, Ordering::AcqRel);
+        }
+        Ok(clear)
     }
 }
 
@@ -175,18 +200,26 @@ mod tests {
 
     #[test]
     fn events_clear_is_write_to_clear_and_other_fields_are_read_only() {
-        let mut c = ConfigSpace {
-            events_read: VIRTIO_GPU_EVENT_DISPLAY,
-        };
+        let c = ConfigSpace::default();
+        c.raise_display_event();
+        assert_eq!(c.events_read(), VIRTIO_GPU_EVENT_DISPLAY);
         assert_eq!(c.read(DEV, &access(0, &[0; 4])).unwrap(), [1, 0, 0, 0]);
-        c.write(DEV, &access(8, &[9, 0, 0, 0])).unwrap();
+        assert_eq!(c.write(&access(8, &[9, 0, 0, 0])).unwrap(), 0);
         assert_eq!(
             c.read(DEV, &access(8, &[0; 4])).unwrap(),
             2u32.to_le_bytes()
         );
-        c.write(DEV, &access(4, &VIRTIO_GPU_EVENT_DISPLAY.to_le_bytes()))
-            .unwrap();
+        assert_eq!(
+            c.write(&access(4, &VIRTIO_GPU_EVENT_DISPLAY.to_le_bytes()))
+                .unwrap(),
+            VIRTIO_GPU_EVENT_DISPLAY
+        );
         assert_eq!(c.read(DEV, &access(0, &[0; 8])).unwrap(), [0; 8]);
+        // A clone is the same config (the display link raises through one).
+        c.clone().raise_display_event();
+        assert_eq!(c.read(DEV, &access(0, &[0; 4])).unwrap(), [1, 0, 0, 0]);
+        c.reset();
+        assert_eq!(c.events_read(), 0);
     }
 
     #[test]

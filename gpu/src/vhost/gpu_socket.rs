@@ -11,6 +11,15 @@
 //! memory bounded by a few frames, never a blocked guest; a VMM that never
 //! answers a request costs one timeout.
 //!
+//! The VMM's display view (its `GET_DISPLAY_INFO` and `GET_EDID` answers) is
+//! fetched once per socket and cached: the guest's own queries are answered
+//! from the cache at once. [`GpuSocketDisplay::refresh`] fetches it again in
+//! the background (the guest asked for its display configuration, or
+//! cleared a display event); when a refresh finds the view changed, the
+//! callback set with [`GpuSocketDisplay::on_change`] runs (the backend
+//! raises `VIRTIO_GPU_EVENT_DISPLAY` with it). Refreshes never overlap: one
+//! asked for while another runs makes that one go round once more.
+//!
 //! The device keeps its sink for its whole life, while sockets come and go
 //! with frontend sessions (and QEMU sends a new one each time the driver
 //! starts): [`GpuSocketDisplay::attach`] replaces the socket,
@@ -32,7 +41,7 @@ use vm_memory::ByteValued;
 use super::display_queue::{Merged, Outbox, Outgoing};
 use super::frame::{self, Header};
 use super::link::{self, Waiters};
-use crate::device::{CursorEvent, DisplaySink, ScanoutMode};
+use crate::device::{CursorEvent, DisplaySink, ScanoutMode, VmmViewWait};
 use crate::protocol::{DisplayMode, Rect};
 
 /// `VHOST_USER_GPU_PROTOCOL_F_EDID` (bit 0): the VMM answers `GET_EDID`.
@@ -62,6 +71,25 @@ pub struct DisplayStats {
     pub reply_timeouts: u64,
     /// Sockets lost to an error or to the VMM closing them.
     pub socket_errors: u64,
+    /// Re-fetches of the VMM's display view after the first.
+    pub vmm_refreshes: u64,
+    /// Fetches that found the view changed (each ran the change callback).
+    pub vmm_changes: u64,
+}
+
+/// Called (on the display shard) when the VMM's display view changed.
+pub type DisplayChanged = Arc<dyn Fn() + Send + Sync>;
+
+/// The re-fetch state of the current link.
+#[derive(Debug, Default)]
+struct Refresh {
+    /// A fetch (the handshake's or a refresh) is under way.
+    running: bool,
+    /// Asked for while running: go round once more.
+    again: bool,
+    /// The guest asked before the VMM's view was known (it was answered
+    /// from the device's own modes): the first view counts as a change.
+    answered_without_vmm: bool,
 }
 
 /// What the VMM told us about its display (cached per socket).
@@ -109,9 +137,21 @@ struct State {
     modes: Vec<Option<ScanoutMode>>,
     vmm: VmmDisplay,
     stats: DisplayStats,
+    refresh: Refresh,
+    on_change: Option<DisplayChanged>,
+    /// The current link's first fetch is over.
+    first_view: bool,
+    /// Waiting for the first fetch (`vmm_view_pending`).
+    view_waiters: Vec<Waker>,
 }
 
 impl State {
+    fn wake_view_waiters(&mut self) {
+        for w in self.view_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
     fn link(&mut self, generation: u64) -> Option<&mut Link> {
         self.link.as_mut().filter(|l| l.generation == generation)
     }
@@ -145,6 +185,10 @@ impl GpuSocketDisplay {
                 modes: vec![None; num_scanouts as usize],
                 vmm: VmmDisplay::default(),
                 stats: DisplayStats::default(),
+                refresh: Refresh::default(),
+                on_change: None,
+                first_view: false,
+                view_waiters: Vec::new(),
             })),
             num_scanouts,
             reply_timeout,
@@ -164,6 +208,13 @@ impl GpuSocketDisplay {
             }
             st.generation += 1;
             st.vmm = VmmDisplay::default();
+            // The handshake's fetch is the first.
+            st.refresh = Refresh {
+                running: true,
+                ..Refresh::default()
+            };
+            st.first_view = false;
+            st.wake_view_waiters();
             let mut outbox = Outbox::new(self.num_scanouts);
             for (i, m) in st.modes.iter().enumerate() {
                 if let Some(m) = m {
@@ -206,10 +257,47 @@ impl GpuSocketDisplay {
         if let Some(old) = st.link.take() {
             old.close();
         }
+        st.wake_view_waiters();
     }
 
     pub fn is_attached(&self) -> bool {
         link::lock(&self.state).link.is_some()
+    }
+
+    /// Runs `f` (on the display shard, no lock held) whenever a fetch finds
+    /// the VMM's display view changed.
+    pub fn on_change(&self, f: DisplayChanged) {
+        link::lock(&self.state).on_change = Some(f);
+    }
+
+    /// Fetches the VMM's display view again, in the background (nothing
+    /// waits for it; without a socket it does nothing).
+    pub fn refresh(&self) {
+        let generation = {
+            let mut st = link::lock(&self.state);
+            let generation = st.generation;
+            if st.link(generation).is_none() {
+                return;
+            }
+            if st.refresh.running {
+                st.refresh.again = true;
+                return;
+            }
+            st.refresh.running = true;
+            generation
+        };
+        let state = self.state.clone();
+        let (timeout, scanouts) = (self.reply_timeout, self.num_scanouts);
+        let task_state = state.clone();
+        let started = self.shard.run(move || {
+            reactor::spawn_local_named(
+                "gpu-socket-refresh",
+                fetch_until_settled(task_state, generation, timeout, scanouts, false),
+            );
+        });
+        if !started {
+            link::lock(&state).refresh.running = false;
+        }
     }
 
     /// What the VMM answered on the current socket so far.
@@ -225,6 +313,28 @@ impl GpuSocketDisplay {
 impl DisplaySink for GpuSocketDisplay {
     fn vmm_modes(&self) -> Option<Vec<DisplayMode>> {
         link::lock(&self.state).vmm.modes.clone()
+    }
+
+    fn vmm_view_pending(&self) -> Option<VmmViewWait> {
+        let st = link::lock(&self.state);
+        let generation = st.generation;
+        if st.first_view || st.link.as_ref().is_none_or(|l| l.generation != generation) {
+            return None;
+        }
+        Some(Box::pin(FirstView {
+            state: self.state.clone(),
+            generation,
+        }))
+    }
+
+    fn display_info_asked(&self) {
+        {
+            let mut st = link::lock(&self.state);
+            if st.vmm.modes.is_none() {
+                st.refresh.answered_without_vmm = true;
+            }
+        }
+        self.refresh();
     }
 
     fn vmm_edid(&self, scanout: u32) -> Option<Vec<u8>> {
@@ -350,6 +460,30 @@ fn fail(state: &Shared, generation: u64, error: Option<&str>) {
     st.stats.socket_errors += 1;
     if let Some(l) = st.link.take() {
         l.close();
+    }
+    st.wake_view_waiters();
+}
+
+/// Resolves when link `generation`'s first fetch is over or the link is
+/// gone.
+struct FirstView {
+    state: Shared,
+    generation: u64,
+}
+
+impl std::future::Future for FirstView {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut st = link::lock(&self.state);
+        if st.first_view || st.link(self.generation).is_none() {
+            return std::task::Poll::Ready(());
+        }
+        st.view_waiters.push(cx.waker().clone());
+        std::task::Poll::Pending
     }
 }
 
@@ -499,9 +633,76 @@ async fn handshake(state: Shared, generation: u64, timeout: Duration, scanouts: 
         GpuBackendReq::SET_PROTOCOL_FEATURES,
         accepted.to_ne_bytes().to_vec(),
     );
+    fetch_until_settled(state, generation, timeout, scanouts, true).await;
+}
 
+/// Fetches the VMM's display view, again while refreshes were asked for
+/// meanwhile, and runs the change callback after each fetch that changed
+/// it. `first`: the handshake's fetch, a change only if the guest was
+/// already answered without the VMM's view.
+async fn fetch_until_settled(
+    state: Shared,
+    generation: u64,
+    timeout: Duration,
+    scanouts: u32,
+    first: bool,
+) {
+    let mut first = first;
+    loop {
+        let before = {
+            let st = link::lock(&state);
+            (st.vmm.modes.clone(), st.vmm.edid.clone())
+        };
+        if fetch_display(&state, generation, timeout, scanouts)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let (changed, again) = {
+            let mut st = link::lock(&state);
+            if st.link(generation).is_none() {
+                return;
+            }
+            let changed = if first {
+                st.refresh.answered_without_vmm && st.vmm.modes.is_some()
+            } else {
+                st.stats.vmm_refreshes += 1;
+                (&st.vmm.modes, &st.vmm.edid) != (&before.0, &before.1)
+            };
+            if changed {
+                st.stats.vmm_changes += 1;
+            }
+            if first {
+                st.first_view = true;
+                st.wake_view_waiters();
+            }
+            let again = mem::take(&mut st.refresh.again);
+            st.refresh.running = again;
+            (changed.then(|| st.on_change.clone()).flatten(), again)
+        };
+        if let Some(f) = changed {
+            tracing::info!("the VMM's display configuration changed");
+            f();
+        }
+        if !again {
+            return;
+        }
+        first = false;
+    }
+}
+
+/// One fetch of the VMM's display info and (when it takes `GET_EDID`) of
+/// every scanout's EDID into the cache. An answer that does not come in
+/// time leaves the cached one; `Err`: the link ended.
+async fn fetch_display(
+    state: &Shared,
+    generation: u64,
+    timeout: Duration,
+    scanouts: u32,
+) -> Result<(), RequestError> {
     match request(
-        &state,
+        state,
         generation,
         GpuBackendReq::GET_DISPLAY_INFO,
         Vec::new(),
@@ -512,21 +713,30 @@ async fn handshake(state: Shared, generation: u64, timeout: Duration, scanouts: 
         Ok(p) => match parse_display_info(&p) {
             Some(modes) => {
                 tracing::info!(?modes, "VMM display info");
-                link::lock(&state).vmm.modes = Some(modes);
+                if let Some(n) = modes.iter().skip(scanouts as usize).position(|m| m.enabled) {
+                    tracing::warn!(
+                        "the VMM shows scanout {} enabled but this device has {scanouts} \
+                         (--outputs must be QEMU's max_outputs)",
+                        n + scanouts as usize
+                    );
+                }
+                link::lock(state).vmm.modes = Some(modes);
             }
             None => tracing::warn!(len = p.len(), "malformed GET_DISPLAY_INFO reply; ignored"),
         },
         Err(RequestError::Timeout) => {}
-        Err(RequestError::Gone) => return,
+        Err(RequestError::Gone) => return Err(RequestError::Gone),
     }
 
-    if accepted & GPU_PROTOCOL_F_EDID == 0 {
-        return;
+    // What the handshake accepted: the VMM's features, EDID only.
+    let features = link::lock(state).vmm.protocol_features.unwrap_or(0);
+    if features & GPU_PROTOCOL_F_EDID == 0 {
+        return Ok(());
     }
     for s in 0..scanouts {
         let req = VhostUserGpuEdidRequest { scanout_id: s };
         match request(
-            &state,
+            state,
             generation,
             GpuBackendReq::GET_EDID,
             req.as_slice().to_vec(),
@@ -536,7 +746,7 @@ async fn handshake(state: Shared, generation: u64, timeout: Duration, scanouts: 
         {
             Ok(p) => {
                 let edid = parse_edid(&p);
-                let mut st = link::lock(&state);
+                let mut st = link::lock(state);
                 let slot = s as usize;
                 if st.vmm.edid.len() <= slot {
                     st.vmm.edid.resize(slot + 1, None);
@@ -544,9 +754,10 @@ async fn handshake(state: Shared, generation: u64, timeout: Duration, scanouts: 
                 st.vmm.edid[slot] = edid;
             }
             Err(RequestError::Timeout) => {}
-            Err(RequestError::Gone) => return,
+            Err(RequestError::Gone) => return Err(RequestError::Gone),
         }
     }
+    Ok(())
 }
 
 fn parse_display_info(payload: &[u8]) -> Option<Vec<DisplayMode>> {

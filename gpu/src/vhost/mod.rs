@@ -34,8 +34,10 @@ mod session;
 mod vring;
 
 pub use backend::{Backend, BackendOptions};
-pub use backend_channel::{mapping_features, VmmBlobMapper, SHMID_HOST_VISIBLE};
-pub use gpu_socket::{DisplayStats, GpuSocketDisplay, VmmDisplay, GPU_PROTOCOL_F_EDID};
+pub use backend_channel::{mapping_features, ConfigChangeStats, VmmBlobMapper, SHMID_HOST_VISIBLE};
+pub use gpu_socket::{
+    DisplayChanged, DisplayStats, GpuSocketDisplay, VmmDisplay, GPU_PROTOCOL_F_EDID,
+};
 pub use inflight::split_queue_region_size;
 pub use memory::MAX_REGIONS;
 pub use server::{Server, ServerStop};

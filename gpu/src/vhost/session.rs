@@ -30,6 +30,7 @@ use super::memory::{MemoryTable, RegionInfo, MAX_REGIONS};
 use super::vring::{queue_kind, RingAddrs, Vring, NUM_QUEUES};
 use super::Backend;
 use crate::device::{DeviceError, VIRTIO_RING_F_EVENT_IDX};
+use crate::protocol::wire::VIRTIO_GPU_EVENT_DISPLAY;
 
 /// Longest wait for commands in flight before a ring stops or the memory
 /// table changes (a stalled GPU context must not hang the frontend).
@@ -132,7 +133,10 @@ impl<'a> Session<'a> {
             protocol: VhostUserProtocolFeatures::empty(),
             memory: MemoryTable::default(),
             vrings: Default::default(),
-            config: ConfigSpace::default(),
+            config: {
+                backend.config.reset();
+                backend.config.clone()
+            },
             inflight: None,
         }
     }
@@ -389,8 +393,16 @@ impl<'a> Session<'a> {
                 self.require(VhostUserProtocolFeatures::CONFIG)?;
                 no_fds(&fds)?;
                 let access = ConfigAccess::parse(&payload).map_err(|e| fatal(e.to_string()))?;
-                match self.config.write(self.backend.device.config(), &access) {
-                    Ok(()) => Ok(None),
+                match self.config.write(&access) {
+                    Ok(cleared) => {
+                        // The guest handled a display event (ours, or the
+                        // VMM's own: QEMU raises it and forwards the clear):
+                        // look at the VMM's display again.
+                        if cleared & VIRTIO_GPU_EVENT_DISPLAY != 0 {
+                            self.backend.display.refresh();
+                        }
+                        Ok(None)
+                    }
                     Err(e @ ConfigError::OutOfRange { .. }) => Err(Fault::Refused(e.to_string())),
                     Err(e) => Err(fatal(e.to_string())),
                 }
@@ -678,7 +690,7 @@ impl<'a> Session<'a> {
     fn reset_device(&mut self) -> Result<(), Fault> {
         self.backend.device.reset().map_err(device_fault)?;
         self.vrings = Default::default();
-        self.config = ConfigSpace::default();
+        self.config.reset();
         self.inflight = None;
         Ok(())
     }

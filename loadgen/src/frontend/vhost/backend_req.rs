@@ -1,6 +1,8 @@
 //! The backend request channel (`SET_BACKEND_REQ_FD`), VMM side: the backend
 //! asks, loadgen answers. `SHMEM_MAP`/`SHMEM_UNMAP` are carried out on the
-//! [`HostVisibleRegion`]; anything else is answered with a failure. With
+//! [`HostVisibleRegion`]; `CONFIG_CHANGE_MSG` (the device config changed,
+//! e.g. a display event) is counted and accepted; anything else is answered
+//! with a failure. With
 //! REPLY_ACK every request that asks for an ack gets one, after the optional
 //! delay that models a slow VMM (`slow-map`).
 //!
@@ -64,6 +66,8 @@ pub struct BackendReqStats {
     /// Requests that broke the protocol (bad size, missing fd, an ack asked
     /// for without REPLY_ACK).
     pub malformed: u64,
+    /// `CONFIG_CHANGE_MSG`s (accepted).
+    pub config_changes: u64,
     /// Other requests (answered with a failure).
     pub other: u64,
 }
@@ -189,6 +193,11 @@ impl Channel {
                 Some(req) if fds.is_empty() => self.unmap(&req),
                 _ => self.malformed("SHMEM_UNMAP with an fd or an invalid body"),
             },
+            Ok(BackendReq::CONFIG_CHANGE_MSG) if fds.is_empty() => {
+                // A VMM would raise the guest's config interrupt here.
+                self.count(|s| s.config_changes += 1);
+                Ok(())
+            }
             other => {
                 self.count(|s| s.other += 1);
                 tracing::debug!("backend request {:?} ({}) refused", other, header.request);
@@ -283,4 +292,36 @@ impl Channel {
 fn decode_mmap(payload: &[u8]) -> Option<VhostUserMMap> {
     let req = *VhostUserMMap::from_slice(payload)?;
     req.is_valid().then_some(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::framing::FLAG_NEED_REPLY;
+    use super::*;
+
+    #[test]
+    fn a_config_change_is_counted_and_acked_and_an_unknown_request_refused() {
+        let (server, theirs) =
+            BackendReqServer::start(None, ShmemOptions::default(), true).unwrap();
+        let ask = |request: u32| {
+            let h = Header {
+                request,
+                flags: FLAG_VERSION_1 | FLAG_NEED_REPLY,
+                size: 0,
+            };
+            framing::send(&theirs, h, &[]).unwrap();
+            let (reply, _) = framing::recv_header(&theirs).unwrap().unwrap();
+            assert_eq!((reply.request, reply.size), (request, 8));
+            assert!(reply.is_reply());
+            let mut status = Vec::new();
+            framing::recv_payload(&theirs, 8, &mut status).unwrap();
+            u64::from_ne_bytes(status.try_into().unwrap())
+        };
+        assert_eq!(ask(BackendReq::CONFIG_CHANGE_MSG as u32), 0);
+        assert_eq!(ask(BackendReq::CONFIG_CHANGE_MSG as u32), 0);
+        // VRING_HOST_NOTIFIER_MSG: not something loadgen's VMM does.
+        assert_ne!(ask(BackendReq::VRING_HOST_NOTIFIER_MSG as u32), 0);
+        let stats = server.stats();
+        assert_eq!((stats.config_changes, stats.other), (2, 1));
+    }
 }

@@ -217,6 +217,10 @@ pub struct Plan {
     pub no_reply_ack: bool,
     /// vhost-user frontend behaviour: which memory message to send.
     pub mem_table: crate::frontend::vhost::MemTableMode,
+    /// vhost-user over a socket path: when the backend goes away mid-run,
+    /// dial the path again for up to this long and carry on (with inflight
+    /// tracking, so the new backend resubmits what the old one held).
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for Plan {
@@ -239,6 +243,7 @@ impl Default for Plan {
             render: RenderMode::Sim,
             no_reply_ack: false,
             mem_table: crate::frontend::vhost::MemTableMode::Auto,
+            reconnect: None,
         }
     }
 }

@@ -1,0 +1,190 @@
+//! A gpu-reactor daemon killed (SIGKILL) under loadgen load and started
+//! again on the same socket: loadgen's frontend reconnects as QEMU does,
+//! hands the new daemon the same inflight buffer, and the run goes on.
+//! The commands the dead daemon held are resubmitted by the new one; no
+//! fence is lost, completed twice or out of order.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loadgen::report::Report;
+use loadgen::run::{self, Backend};
+use loadgen::scenario::{FenceMode, Plan, Profile};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts gpu-reactor on `sock`, logging at info to `log`; returns once it
+/// listens (a socket file that accepts).
+fn daemon(sock: &Path, log: &Path) -> Daemon {
+    let child = Command::new(e2e_tests::gpu_reactor_binary())
+        .args(["--socket-path"])
+        .arg(sock)
+        .args(["--renderer", "sim", "--shards", "2"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "gpu-reactor never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+/// The sum of `commands=N` over the daemon's "resubmitted in-flight
+/// commands" log lines.
+fn resubmitted(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .filter(|l| l.contains("resubmitted in-flight commands"))
+        .filter_map(|l| {
+            let at = l.find("commands=")? + "commands=".len();
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gpu-reactor-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `plan` against the daemon at `sock` on another thread (loadgen's
+/// backend handle is not `Send`; it lives there).
+fn run_in_thread(plan: Plan, sock: PathBuf) -> std::thread::JoinHandle<Report> {
+    std::thread::spawn(move || {
+        let (backend, driver) = Backend::socket(&plan, &sock).unwrap();
+        let r = run::run(&plan, &backend, driver, &mut |_| {});
+        backend.finish().unwrap();
+        r
+    })
+}
+
+fn kill_and_restart(plan: Plan, name: &str) {
+    let dir = workdir(name);
+    let sock = dir.join("gpu.sock");
+    let (log1, log2) = (dir.join("first.log"), dir.join("second.log"));
+    let mut first = daemon(&sock, &log1);
+    let load = run_in_thread(plan.clone(), sock.clone());
+    // Well into the run: every desktop has a frame on the GPU (each submit
+    // takes 20 ms of modelled GPU time, frames come every 16.7 ms).
+    std::thread::sleep(plan.duration / 3);
+    first.0.kill().unwrap(); // SIGKILL: no clean-up of any kind
+    first.0.wait().unwrap();
+    let _second = daemon(&sock, &log2);
+    let r = load.join().unwrap();
+    println!("{}", r.summary());
+    let n = resubmitted(&log2);
+    println!("the second daemon resubmitted {n} commands");
+
+    assert_eq!(r.reconnects, 1, "{:?}", r.error_samples);
+    assert_eq!(r.errors, 0, "{:?}", r.error_samples);
+    assert_eq!(r.fences_lost, 0);
+    assert_eq!(r.fences_completed_twice, 0);
+    assert_eq!(r.fences_out_of_order, 0);
+    assert!(
+        n > 0,
+        "the new daemon resubmitted nothing: {}",
+        std::fs::read_to_string(&log2).unwrap()
+    );
+    // The commands the dead daemon held were answered by the new one: those
+    // about its contexts and resources with "unknown", and no more of them
+    // than were resubmitted.
+    assert!(r.lost_state_answers <= n, "{} > {n}", r.lost_state_answers);
+    for d in &r.per_desktop {
+        assert!(
+            d.frames_after_reconnect > 0,
+            "desktop {} made no frame after the reconnect",
+            d.desktop
+        );
+    }
+    assert_eq!(r.pixels_bad, 0);
+}
+
+#[test]
+fn a_daemon_killed_under_load_and_restarted_loses_no_fence_3d_ring_fences() {
+    kill_and_restart(
+        Plan {
+            desktops: 4,
+            duration: Duration::from_secs(3),
+            gpu_cost_us: 20_000,
+            width: 320,
+            height: 200,
+            tile: 64,
+            reconnect: Some(Duration::from_secs(20)),
+            ..Plan::default()
+        },
+        "reconnect-3d",
+    );
+}
+
+#[test]
+fn a_daemon_killed_under_load_and_restarted_loses_no_fence_global_timeline() {
+    kill_and_restart(
+        Plan {
+            desktops: 4,
+            duration: Duration::from_secs(3),
+            fence_mode: FenceMode::Global,
+            gpu_cost_us: 20_000,
+            width: 320,
+            height: 200,
+            tile: 64,
+            reconnect: Some(Duration::from_secs(20)),
+            ..Plan::default()
+        },
+        "reconnect-global",
+    );
+}
+
+#[test]
+fn without_reconnect_a_killed_daemon_ends_the_run_with_an_error() {
+    let dir = workdir("reconnect-off");
+    let sock = dir.join("gpu.sock");
+    let mut first = daemon(&sock, &dir.join("first.log"));
+    let plan = Plan {
+        desktops: 2,
+        duration: Duration::from_secs(30),
+        profile: Profile::TwoD,
+        width: 320,
+        height: 200,
+        ..Plan::default()
+    };
+    let load = run_in_thread_lenient(plan, sock);
+    std::thread::sleep(Duration::from_millis(500));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let r = load.join().unwrap();
+    assert_eq!(r.reconnects, 0);
+    assert!(r.errors > 0);
+    assert!(
+        r.error_samples
+            .iter()
+            .any(|e| e.contains("backend disconnected")),
+        "{:?}",
+        r.error_samples
+    );
+}
+
+/// As `run_in_thread`, without asserting a clean end of the session.
+fn run_in_thread_lenient(plan: Plan, sock: PathBuf) -> std::thread::JoinHandle<Report> {
+    std::thread::spawn(move || {
+        let (backend, driver) = Backend::socket(&plan, &sock).unwrap();
+        let r = run::run(&plan, &backend, driver, &mut |_| {});
+        let _ = backend.finish();
+        r
+    })
+}

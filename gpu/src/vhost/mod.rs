@@ -36,7 +36,9 @@ mod vring;
 pub use backend::{Backend, BackendOptions};
 pub use backend_channel::{mapping_features, VmmBlobMapper, SHMID_HOST_VISIBLE};
 pub use gpu_socket::{DisplayStats, GpuSocketDisplay, VmmDisplay, GPU_PROTOCOL_F_EDID};
-pub use inflight::{split_queue_region_size, InflightRegion, QueueRegion, Recovery};
+pub use inflight::{
+    split_queue_region_size, InflightBuffer, InflightRegion, QueueRegion, Recovery,
+};
 pub use memory::MAX_REGIONS;
 pub use server::{Server, ServerStop};
 pub use session::{offered_protocol_features, SessionEnd};

@@ -416,6 +416,14 @@ impl DriverQueue {
         self.features
     }
 
+    /// Whether descriptor `head` heads a chain the device has not given
+    /// back yet.
+    pub fn is_in_flight(&self, head: u16) -> bool {
+        self.heads
+            .get(usize::from(head))
+            .is_some_and(Option::is_some)
+    }
+
     /// Chains added (published or not) and not yet completed.
     pub fn in_flight(&self) -> u16 {
         self.in_flight

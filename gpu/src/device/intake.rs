@@ -24,8 +24,8 @@ use super::owner::{Owner, OwnerRef};
 use super::scanout::{Binding, CursorEvent, ScanoutMode};
 
 /// The intake task of one queue: drain, re-enable notifications, wait for a
-/// kick (an eventfd read on the ring), repeat.
-/// Chains a previous backend left in flight (`resubmit`) run first.
+/// kick (an eventfd read on the ring), repeat. Chains a previous backend
+/// left in flight (`resubmit`) run first.
 pub(super) async fn run(
     owner: OwnerRef,
     kind: QueueKind,
@@ -118,14 +118,19 @@ fn resubmit_chains(owner: &OwnerRef, kind: QueueKind, heads: &[u16]) {
             return;
         }
     };
+    let mut done = 0;
     for _ in heads {
         let Some(chain) = replay.queue.pop_descriptor_chain(&replay.view) else {
             break;
         };
+        done += 1;
         o.stats.resubmitted += 1;
         handle(&mut o, kind, chain, &mem);
     }
-    tracing::info!(queue = ?kind, commands = heads.len(), "resubmitted in-flight commands");
+    if done < heads.len() {
+        tracing::error!(queue = ?kind, marked = heads.len(), resubmitted = done, "some marked heads are not chains");
+    }
+    tracing::info!(queue = ?kind, commands = done, "resubmitted in-flight commands");
     o.signal_used(kind);
 }
 

@@ -74,44 +74,72 @@ fn run_in_thread(plan: Plan, sock: PathBuf) -> std::thread::JoinHandle<Report> {
     })
 }
 
-fn kill_and_restart(plan: Plan, name: &str) {
-    // Found (or built) before anything runs: the restart must not wait
-    // for cargo.
+/// Waits until the daemon logging to `log` has taken the session up (its
+/// rings started, the inflight buffer recovered).
+fn wait_for_resubmission(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resubmitted(log) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new daemon never resubmitted: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `plan` against a daemon that is SIGKILLed and started again
+/// `kills` times; each new daemon must resubmit what its predecessor held.
+fn kill_and_restart(plan: Plan, name: &str, kills: usize) {
+    // Found (or built) before anything runs: a restart must not wait for
+    // cargo.
     let bin = e2e_tests::gpu_reactor_binary();
     let dir = workdir(name);
     let sock = dir.join("gpu.sock");
-    let (log1, log2) = (dir.join("first.log"), dir.join("second.log"));
-    let mut first = daemon(&bin, &sock, &log1);
+    let logs: Vec<PathBuf> = (0..=kills)
+        .map(|i| dir.join(format!("daemon-{i}.log")))
+        .collect();
+    let mut current = daemon(&bin, &sock, &logs[0]);
     let load = run_in_thread(plan.clone(), sock.clone());
-    // Well into the run: every desktop has a frame on the GPU (each submit
-    // takes 20 ms of modelled GPU time, frames come every 16.7 ms).
-    std::thread::sleep(plan.duration / 4);
-    first.0.kill().unwrap(); // SIGKILL: no clean-up of any kind
-    first.0.wait().unwrap();
-    let _second = daemon(&bin, &sock, &log2);
+    for (k, log) in logs.iter().enumerate().skip(1) {
+        // Well into the run: every desktop has a frame on the GPU (each
+        // submit takes 20 ms of modelled GPU time, frames come every
+        // 16.7 ms).
+        std::thread::sleep(plan.duration / (2 * kills as u32 + 2));
+        current.0.kill().unwrap(); // SIGKILL: no clean-up of any kind
+        current.0.wait().unwrap();
+        current = daemon(&bin, &sock, log);
+        if k < kills {
+            // The next kill only once loadgen is back on this daemon.
+            wait_for_resubmission(log);
+        }
+    }
     let r = load.join().unwrap();
+    drop(current);
     println!("{}", r.summary());
-    let n = resubmitted(&log2);
-    println!("the second daemon resubmitted {n} commands");
+    let resubmissions: Vec<u64> = logs[1..].iter().map(|l| resubmitted(l)).collect();
+    println!("resubmitted by each new daemon: {resubmissions:?}");
+    println!("lost-state answers: {}", r.lost_state_answers);
 
-    assert_eq!(r.reconnects, 1, "{:?}", r.error_samples);
+    assert_eq!(r.reconnects, kills as u64, "{:?}", r.error_samples);
     assert_eq!(r.errors, 0, "{:?}", r.error_samples);
     assert_eq!(r.fences_lost, 0, "{}", r.summary());
     assert_eq!(r.fences_completed_twice, 0);
     assert_eq!(r.fences_out_of_order, 0);
-    assert!(
-        n > 0,
-        "the new daemon resubmitted nothing: {}",
-        std::fs::read_to_string(&log2).unwrap()
-    );
-    // What the dead daemon held was answered by the new one (errors about
-    // contexts and resources it never had are counted apart, not as errors;
-    // commands the desktops sent while no daemon listened add to them).
-    println!("lost-state answers: {}", r.lost_state_answers);
+    // Every new daemon ran again what the dead one held. (Their answers
+    // about contexts and resources it never had are `lost_state_answers`,
+    // not errors; commands sent while no daemon listened add to them.)
+    for (n, log) in resubmissions.iter().zip(&logs[1..]) {
+        assert!(
+            *n > 0,
+            "a new daemon resubmitted nothing: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+    }
     for d in &r.per_desktop {
         assert!(
             d.frames_after_reconnect > 0,
-            "desktop {} made no frame after the reconnect: {}",
+            "desktop {} made no frame after the last reconnect: {}",
             d.desktop,
             r.summary()
         );
@@ -119,39 +147,37 @@ fn kill_and_restart(plan: Plan, name: &str) {
     assert_eq!(r.pixels_bad, 0);
 }
 
+fn reconnecting(fence_mode: FenceMode) -> Plan {
+    Plan {
+        desktops: 4,
+        duration: Duration::from_secs(4),
+        fence_mode,
+        gpu_cost_us: 20_000,
+        width: 320,
+        height: 200,
+        tile: 64,
+        reconnect: Some(Duration::from_secs(20)),
+        ..Plan::default()
+    }
+}
+
 #[test]
 fn a_daemon_killed_under_load_and_restarted_loses_no_fence_3d_ring_fences() {
-    kill_and_restart(
-        Plan {
-            desktops: 4,
-            duration: Duration::from_secs(4),
-            gpu_cost_us: 20_000,
-            width: 320,
-            height: 200,
-            tile: 64,
-            reconnect: Some(Duration::from_secs(20)),
-            ..Plan::default()
-        },
-        "reconnect-3d",
-    );
+    kill_and_restart(reconnecting(FenceMode::Ring), "reconnect-3d", 1);
 }
 
 #[test]
 fn a_daemon_killed_under_load_and_restarted_loses_no_fence_global_timeline() {
-    kill_and_restart(
-        Plan {
-            desktops: 4,
-            duration: Duration::from_secs(4),
-            fence_mode: FenceMode::Global,
-            gpu_cost_us: 20_000,
-            width: 320,
-            height: 200,
-            tile: 64,
-            reconnect: Some(Duration::from_secs(20)),
-            ..Plan::default()
-        },
-        "reconnect-global",
-    );
+    kill_and_restart(reconnecting(FenceMode::Global), "reconnect-global", 1);
+}
+
+#[test]
+fn a_daemon_killed_twice_in_one_run_loses_no_fence() {
+    let plan = Plan {
+        duration: Duration::from_secs(6),
+        ..reconnecting(FenceMode::Ring)
+    };
+    kill_and_restart(plan, "reconnect-twice", 2);
 }
 
 #[test]

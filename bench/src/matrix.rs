@@ -449,6 +449,10 @@ mod tests {
             fences_lost: 1,
             stressed_fences_pending: 0,
             errors: 0,
+            reconnects: 0,
+            lost_state_answers: 0,
+            fences_completed_twice: 0,
+            fences_out_of_order: 0,
             fence_latency_us: loadgen::report::Percentiles {
                 p50: 7,
                 p99: 9,

@@ -45,6 +45,23 @@ fn real_frame(fb: u32, colour: u32, heavy: Option<(u32, usize)>) -> Vec<u8> {
 /// Size of one blob of the blob lifecycle.
 const BLOB_SIZE: u64 = 1 << 20;
 
+/// Context and resource ids of a desktop's n-th life (after n reconnects)
+/// are offset by n times this, so nothing it creates again collides with
+/// what a resubmitted command of its previous life created.
+const ID_STRIDE: u32 = 10_000_000;
+
+/// Answers that mean "the backend does not have this": what a restarted
+/// backend says to commands about contexts and resources of the old one.
+fn is_lost_state(code: u32) -> bool {
+    use gpu::protocol::wire::{
+        VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID, VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
+    };
+    matches!(
+        code,
+        VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID | VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cmd {
     /// Set-up command (context, framebuffer, backing, scanout).
@@ -53,6 +70,7 @@ enum Cmd {
     Fenced {
         frame: u64,
         gpu: Duration,
+        fence: u64,
     },
     /// Unfenced frame command.
     Frame,
@@ -121,6 +139,16 @@ pub struct Stats {
     /// Latency split by phase, for the isolation ratio.
     pub latency_before: Histogram<u64>,
     pub latency_during: Histogram<u64>,
+    /// Error answers to commands sent before the desktop set itself up
+    /// again after a reconnect, saying the context or resource is unknown
+    /// (the restarted backend never had them). Not in `errors`.
+    pub lost_state: u64,
+    /// Fenced answers naming another fence than the command's.
+    pub fences_completed_twice: u64,
+    /// Fences that completed before an earlier fence of the same desktop.
+    pub fences_out_of_order: u64,
+    /// Frames made since the desktop last set itself up after a reconnect.
+    pub frames_after_reconnect: u64,
 }
 
 impl Default for Stats {
@@ -137,6 +165,10 @@ impl Default for Stats {
             overhead: report::histogram(),
             latency_before: report::histogram(),
             latency_during: report::histogram(),
+            lost_state: 0,
+            fences_completed_twice: 0,
+            fences_out_of_order: 0,
+            frames_after_reconnect: 0,
         }
     }
 }
@@ -156,6 +188,16 @@ pub struct Desktop {
     next_frame_at: Instant,
     frame_started: Instant,
     hung: bool,
+    /// Lives: reconnects survived (ids are offset by it).
+    life: u32,
+    /// Commands with a smaller sequence number were sent to a backend that
+    /// died (or before the desktop set itself up again).
+    stale_below: u64,
+    /// The backend was replaced: set up again once every command sent to
+    /// the old one is answered; until then every command is stale.
+    awaiting_setup: bool,
+    /// The highest fence completed so far.
+    last_fence: u64,
     pub stats: Stats,
 }
 
@@ -179,6 +221,10 @@ impl Desktop {
             next_frame_at: start + offset,
             frame_started: start,
             hung: false,
+            life: 0,
+            stale_below: 0,
+            awaiting_setup: false,
+            last_fence: 0,
             stats: Stats::default(),
         }
     }
@@ -231,6 +277,36 @@ impl Desktop {
         self.next_frame_at = now;
     }
 
+    /// The backend was replaced by a new one (a reconnect): the commands
+    /// in flight are the new backend's to answer (resubmitted from the
+    /// inflight buffer); once they are, the desktop sets itself up again
+    /// under new ids (the new backend has none of its contexts and
+    /// resources).
+    pub fn on_reconnect(&mut self) {
+        self.awaiting_setup = true;
+    }
+
+    fn is_stale(&self, tag: u64) -> bool {
+        self.awaiting_setup || (tag & 0xff_ffff_ffff) < self.stale_below
+    }
+
+    /// Once nothing sent to the old backend is outstanding: a new life.
+    fn set_up_again(&mut self, sh: &mut Shared<'_>) {
+        self.life += 1;
+        let id = self.id as u32 + 1 + self.life * ID_STRIDE;
+        self.ctx = id;
+        self.fb = id;
+        if let Some(b) = self.backing.take() {
+            let _ = sh.driver.ram().free(b);
+        }
+        self.state = State::Init { outstanding: 0 };
+        self.blob = Blob::Idle;
+        self.hung = false;
+        self.awaiting_setup = false;
+        self.stale_below = self.seq + 1;
+        self.stats.frames_after_reconnect = 0;
+    }
+
     fn tag(&mut self, cmd: Cmd) -> u64 {
         self.seq += 1;
         let tag = ((self.id as u64) << 40) | (self.seq & 0xff_ffff_ffff);
@@ -269,6 +345,12 @@ impl Desktop {
 
     /// Submits whatever is due at `now`.
     pub fn poll(&mut self, now: Instant, sh: &mut Shared<'_>) -> Result<(), GpuDriverError> {
+        if self.awaiting_setup {
+            if !self.cmds.is_empty() {
+                return Ok(());
+            }
+            self.set_up_again(sh);
+        }
         if self.state == (State::Init { outstanding: 0 }) && !sh.draining {
             return self.init(sh);
         }
@@ -497,6 +579,7 @@ impl Desktop {
             let hang = hang && plan.render == RenderMode::Sim;
             let submit = Request::new(GpuCommand::Submit3d(Submit3d { data })).with_ctx(self.ctx);
             let submit = self.fence(sh, submit);
+            let fence = *sh.next_fence;
             self.put(
                 sh,
                 Queue::Control,
@@ -504,6 +587,7 @@ impl Desktop {
                 Cmd::Fenced {
                     frame: self.frame,
                     gpu,
+                    fence,
                 },
             )?;
             fenced += 1;
@@ -532,6 +616,7 @@ impl Desktop {
             flush = flush.with_ctx(self.ctx);
         }
         let flush = self.fence(sh, flush);
+        let fence = *sh.next_fence;
         self.put(
             sh,
             Queue::Control,
@@ -539,6 +624,7 @@ impl Desktop {
             Cmd::Fenced {
                 frame: self.frame,
                 gpu,
+                fence,
             },
         )?;
         fenced += 1;
@@ -596,7 +682,7 @@ impl Desktop {
     }
 
     fn blob_id(&self) -> u32 {
-        100_000 + self.id as u32 * 1000 + self.blob_serial % 1000
+        100_000 + self.id as u32 * 1000 + self.blob_serial % 1000 + self.life * ID_STRIDE
     }
 
     fn finish_blob(&mut self, sh: &mut Shared<'_>) -> Result<(), GpuDriverError> {
@@ -656,9 +742,15 @@ impl Desktop {
             return Ok(()); // from before a reset
         };
         match &c.response {
+            Ok((_, Response::Err(code))) if self.is_stale(c.tag) && is_lost_state(*code) => {
+                self.stats.lost_state += 1;
+            }
             Ok((_, Response::Err(code))) => self.error(format!("{cmd:?} answered error {code:#x}")),
             Ok(_) => {}
             Err(e) => self.error(format!("{cmd:?}: undecodable response: {e}")),
+        }
+        if let Cmd::Fenced { fence, .. } = cmd {
+            self.check_fence(c, fence);
         }
         match cmd {
             Cmd::Init => {
@@ -670,7 +762,7 @@ impl Desktop {
                     }
                 }
             }
-            Cmd::Fenced { frame, gpu } => {
+            Cmd::Fenced { frame, gpu, .. } => {
                 self.stats.fences += 1;
                 if !sh.warming {
                     report::record(&mut self.stats.latency, c.latency);
@@ -713,6 +805,31 @@ impl Desktop {
         Ok(())
     }
 
+    /// A fenced answer names its own fence (when the backend echoes it)
+    /// and comes after every earlier fence of this desktop: its fences are
+    /// on one timeline (its ring 0, or the global one).
+    fn check_fence(&mut self, c: &Completion, fence: u64) {
+        use gpu::protocol::wire::VIRTIO_GPU_FLAG_FENCE;
+        if let Ok((hdr, _)) = &c.response {
+            if hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 && hdr.fence_id != fence {
+                self.stats.fences_completed_twice += 1;
+                self.error(format!(
+                    "fence {fence}'s command was answered for fence {}",
+                    hdr.fence_id
+                ));
+                return;
+            }
+        }
+        if fence < self.last_fence {
+            self.stats.fences_out_of_order += 1;
+            self.error(format!(
+                "fence {fence} completed after fence {}",
+                self.last_fence
+            ));
+        }
+        self.last_fence = self.last_fence.max(fence);
+    }
+
     fn end_frame(&mut self, now: Instant, plan: &Plan) {
         let waited = now.saturating_duration_since(self.frame_started);
         self.stats.max_stall = self.stats.max_stall.max(waited);
@@ -720,6 +837,9 @@ impl Desktop {
             self.stats.stalls_over_50ms += 1;
         }
         self.stats.frames += 1;
+        if self.life > 0 {
+            self.stats.frames_after_reconnect += 1;
+        }
         self.frame += 1;
         self.state = State::Idle;
         let period = frame_period(plan);

@@ -60,6 +60,14 @@ struct Args {
     /// embedded gpu-reactor (ours, vhost-device-gpu, QEMU's vhost-user-gpu).
     #[arg(long, value_name = "PATH")]
     socket: Option<std::path::PathBuf>,
+    /// With --socket: when the backend goes away mid-run (killed,
+    /// restarted), dial PATH again and carry on, with inflight tracking
+    /// (INFLIGHT_SHMFD) so the new backend resubmits what the old one held.
+    #[arg(long, requires = "socket")]
+    reconnect: bool,
+    /// With --reconnect: how long to keep dialing for a new backend.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, requires = "reconnect")]
+    reconnect_wait: Duration,
     /// vhost-user: do not negotiate REPLY_ACK (no request waits for the
     /// backend's ack, as a frontend without it behaves).
     #[arg(long)]
@@ -165,6 +173,7 @@ fn main() -> ExitCode {
             (loadgen::scenario::RendererKind::Virgl, None) => Some(shards),
             (_, n) => n.map(usize::from),
         },
+        reconnect: args.reconnect.then_some(args.reconnect_wait),
         ..Plan::default()
     };
     if args.pin {

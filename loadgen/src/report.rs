@@ -57,6 +57,9 @@ pub struct DesktopReport {
     pub frames: u64,
     pub max_stall_ms: f64,
     pub stalls_over_50ms: u64,
+    /// Frames since the desktop set itself up again after the last
+    /// reconnect (0 without one).
+    pub frames_after_reconnect: u64,
     pub fence_latency_us: Percentiles,
     /// Commands of this desktop answered with an error.
     pub errors: u64,
@@ -86,6 +89,20 @@ pub struct Report {
     /// `stalled-context`).
     pub stressed_fences_pending: u64,
     pub errors: u64,
+    /// Times the backend went away and a new one took over (`--reconnect`).
+    pub reconnects: u64,
+    /// Error answers (unknown context or resource) to commands sent before
+    /// a desktop set itself up again after a reconnect: the restarted
+    /// backend never had that state. Counted here, not in `errors`.
+    pub lost_state_answers: u64,
+    /// Fenced commands answered for another fence (a chain completed twice
+    /// after the guest reused its head). Also in `errors`; a used element
+    /// for a chain the driver does not have in flight ends the run with an
+    /// error (`errors`).
+    pub fences_completed_twice: u64,
+    /// Fences completed before an earlier fence of the same timeline. Also
+    /// in `errors`.
+    pub fences_out_of_order: u64,
     pub fence_latency_us: Percentiles,
     pub fence_overhead_us: Percentiles,
     pub max_stall_ms: f64,
@@ -126,6 +143,12 @@ impl Report {
             "  commands   {:>10}  ({:.0}/s)\n  frames     {:>10}  ({:.1}/s)\n  fences     {:>10}  lost {}  errors {}\n",
             self.commands, self.commands_per_s, self.frames, self.frames_per_s, self.fences, self.fences_lost, self.errors
         ));
+        if self.reconnects > 0 || self.fences_completed_twice > 0 || self.fences_out_of_order > 0 {
+            s.push_str(&format!(
+                "  reconnects {}  lost-state answers {}  fences completed twice {}  out of order {}\n",
+                self.reconnects, self.lost_state_answers, self.fences_completed_twice, self.fences_out_of_order
+            ));
+        }
         s.push_str(&format!(
             "  fence latency  µs  p50 {:>7}  p99 {:>7}  p999 {:>7}  max {:>7}\n",
             fl.p50, fl.p99, fl.p999, fl.max
@@ -158,6 +181,6 @@ impl Report {
 
     /// Exit status: non-zero when anything was lost or wrong.
     pub fn failed(&self) -> bool {
-        self.errors > 0 || self.fences_lost > 0
+        self.errors > 0 || self.fences_lost > 0 || self.fences_completed_twice > 0
     }
 }

@@ -111,6 +111,8 @@ pub fn vhost_options(plan: &Plan) -> VhostOptions {
     }
     opts.shmem.region_size = (plan.desktops as u64 + 1) << 20;
     opts.shmem.delay = plan.scenario.vmm_map_delay();
+    // A backend that takes over must find what the old one held.
+    opts.inflight_shmfd = plan.reconnect.is_some();
     opts
 }
 
@@ -321,6 +323,28 @@ impl Backend {
         }
     }
 
+    /// The backend went away: dial its socket again (until `deadline`)
+    /// and replay the set-up, keeping the guest's driver and rings.
+    fn reconnect(&self, driver: &GpuDriver, deadline: Instant) -> Result<(), String> {
+        match self {
+            Backend::Direct { .. } => Err("the direct backend cannot reconnect".into()),
+            Backend::Vhost { frontend, .. } => match frontend.borrow_mut().as_mut() {
+                Some(f) => f
+                    .reconnect(driver, deadline)
+                    .map(|r| {
+                        eprintln!(
+                            "loadgen: reconnected after {} attempt(s); ring bases {:?}, inflight buffer {}",
+                            r.attempts,
+                            r.bases,
+                            if r.inflight { "handed over" } else { "not used" }
+                        );
+                    })
+                    .map_err(|e| e.to_string()),
+                None => Err("session closed".into()),
+            },
+        }
+    }
+
     /// Err when the backend is gone (its control socket closed).
     fn check_alive(&self) -> Result<(), String> {
         match self {
@@ -506,6 +530,7 @@ pub fn run(
     let grace = Duration::from_secs(1) + Duration::from_micros(u64::from(plan.gpu_cost_us) * 4);
     let mut drain_until: Option<Instant> = None;
     let mut next_alive_check = start;
+    let mut reconnects = 0u64;
 
     loop {
         let now = Instant::now();
@@ -526,8 +551,20 @@ pub fn run(
         if now >= next_alive_check {
             next_alive_check = now + Duration::from_millis(100);
             if let Err(e) = backend.check_alive() {
-                fatal = Some(format!("backend disconnected mid-run: {e}"));
-                break;
+                let Some(window) = plan.reconnect else {
+                    fatal = Some(format!("backend disconnected mid-run: {e}"));
+                    break;
+                };
+                if let Err(e) = backend.reconnect(&driver, Instant::now() + window) {
+                    fatal = Some(format!(
+                        "backend disconnected mid-run, reconnect failed: {e}"
+                    ));
+                    break;
+                }
+                reconnects += 1;
+                for d in &mut desktops {
+                    d.on_reconnect();
+                }
             }
         }
         if plan.scenario == Scenario::Reset && !reset_done && now >= reset_at {
@@ -536,7 +573,7 @@ pub fn run(
                 Ok(d) => driver = d,
                 Err(e) => {
                     fatal = Some(format!("reset failed: {e}"));
-                    return build_report(plan, backend, &desktops, start, fatal);
+                    return build_report(plan, backend, &desktops, start, fatal, reconnects);
                 }
             }
             for d in &mut desktops {
@@ -619,7 +656,7 @@ pub fn run(
         }
         progress((now - start).as_secs_f64() / plan.duration.as_secs_f64());
     }
-    build_report(plan, backend, &desktops, start, fatal)
+    build_report(plan, backend, &desktops, start, fatal, reconnects)
 }
 
 fn build_report(
@@ -628,6 +665,7 @@ fn build_report(
     desktops: &[Desktop],
     start: Instant,
     fatal: Option<String>,
+    reconnects: u64,
 ) -> Report {
     let now = Instant::now();
     let elapsed = plan.duration.as_secs_f64();
@@ -638,6 +676,7 @@ fn build_report(
     let (mut commands, mut frames, mut fences, mut errors) = (0, 0, 0, 0);
     let (mut lost, mut stressed_pending, mut stalls) = (0u64, 0u64, 0u64);
     let mut max_stall = Duration::ZERO;
+    let (mut lost_state, mut twice, mut out_of_order) = (0u64, 0u64, 0u64);
     let mut per_desktop = Vec::new();
     let mut error_samples: Vec<String> = fatal.into_iter().collect();
     if !error_samples.is_empty() {
@@ -659,6 +698,9 @@ fn build_report(
         frames += s.frames;
         fences += s.fences;
         errors += s.errors;
+        lost_state += s.lost_state;
+        twice += s.fences_completed_twice;
+        out_of_order += s.fences_out_of_order;
         error_samples.extend(s.error_samples.iter().cloned());
         let stall = s.max_stall.max(d.current_wait(now));
         if !stressed {
@@ -672,6 +714,7 @@ fn build_report(
             frames: s.frames,
             max_stall_ms: stall.as_secs_f64() * 1e3,
             stalls_over_50ms: s.stalls_over_50ms,
+            frames_after_reconnect: s.frames_after_reconnect,
             fence_latency_us: report::percentiles(&s.latency),
             errors: s.errors,
             fences_pending: d.pending_fences() as u64,
@@ -716,6 +759,10 @@ fn build_report(
         fences_lost: lost,
         stressed_fences_pending: stressed_pending,
         errors,
+        reconnects,
+        lost_state_answers: lost_state,
+        fences_completed_twice: twice,
+        fences_out_of_order: out_of_order,
         fence_latency_us: report::percentiles(&latency),
         fence_overhead_us: report::percentiles(&overhead),
         max_stall_ms: max_stall.as_secs_f64() * 1e3,

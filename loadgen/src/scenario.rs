@@ -234,6 +234,10 @@ pub struct Plan {
     /// The binary render workers run (`None`: this one, re-executed; it
     /// must call `gpu::render::virgl::worker::run_if_requested`).
     pub render_worker_exe: Option<std::path::PathBuf>,
+    /// vhost-user over a socket path: when the backend goes away mid-run,
+    /// dial the path again for up to this long and carry on (with inflight
+    /// tracking, so the new backend resubmits what the old one held).
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for Plan {
@@ -260,6 +264,7 @@ impl Default for Plan {
             latency_slice: None,
             render_workers: None,
             render_worker_exe: None,
+            reconnect: None,
         }
     }
 }

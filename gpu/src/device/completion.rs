@@ -56,8 +56,14 @@ impl Owner {
             let Some(q) = self.queues[queue as usize].as_mut() else {
                 continue;
             };
+            if let Some(log) = q.log.as_mut() {
+                log.completing(head);
+            }
             match q.queue.add_used(&*mem, head, len) {
                 Ok(()) => {
+                    if let Some(log) = q.log.as_mut() {
+                        log.completed(head, q.queue.next_used());
+                    }
                     self.stats.completed += 1;
                     q.unsignalled = true;
                 }

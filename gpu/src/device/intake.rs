@@ -48,8 +48,18 @@ pub(super) struct HeldQuery {
 }
 
 /// The intake task of one queue: drain, re-enable notifications, wait for a
-/// kick (an eventfd read on the ring), repeat.
-pub(super) async fn run(owner: OwnerRef, kind: QueueKind, kick: reactor::io::EventFd) {
+/// kick (an eventfd read on the ring), repeat. Chains a previous backend
+/// left in flight (`resubmit`) run first.
+pub(super) async fn run(
+    owner: OwnerRef,
+    kind: QueueKind,
+    kick: reactor::io::EventFd,
+    resubmit: Vec<u16>,
+) {
+    if !resubmit.is_empty() {
+        resubmit_chains(&owner, kind, &resubmit);
+        reactor::yield_now().await;
+    }
     loop {
         if drain(&owner, kind) {
             reactor::yield_now().await;
@@ -89,6 +99,9 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
         match chain {
             Some(chain) => {
                 popped += 1;
+                if let Some(log) = q.log.as_mut() {
+                    log.taken(chain.head_index());
+                }
                 handle(&mut o, kind, chain, &mem);
             }
             None => match q.queue.enable_notification(&*mem) {
@@ -150,6 +163,101 @@ async fn answer_after_vmm_view(owner: OwnerRef, held: HeldQuery) {
     o.answer_now(kind, head, &hdr, &area, ticket, &result, &mem);
     o.signal_used(kind);
     o.check_quiesced();
+}
+
+/// Runs the chains a previous backend took and never completed, in the
+/// order it took them, before anything new from the avail ring.
+///
+/// Their descriptors are still in the guest's table (the guest has not had
+/// them back), but their avail slots may have been reused, so they are
+/// walked by a private queue whose avail ring lists exactly these heads: it
+/// lives in one private page added to a copy of the guest memory map (the
+/// guest's own rings are only read). They stay marked in the inflight
+/// region until they complete, like any other chain.
+fn resubmit_chains(owner: &OwnerRef, kind: QueueKind, heads: &[u16]) {
+    let mut o = owner.borrow_mut();
+    let mem = o.mem.memory();
+    let Some(q) = o.queues[kind as usize].as_ref() else {
+        return;
+    };
+    let (size, desc_table) = (q.queue.size(), q.queue.desc_table());
+    let mut replay = match replay_queue(&mem, size, desc_table, heads) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(queue = ?kind, commands = heads.len(), "cannot resubmit in-flight commands: {e}");
+            return;
+        }
+    };
+    let mut done = 0;
+    for _ in heads {
+        let Some(chain) = replay.queue.pop_descriptor_chain(&replay.view) else {
+            break;
+        };
+        done += 1;
+        o.stats.resubmitted += 1;
+        handle(&mut o, kind, chain, &mem);
+    }
+    if done < heads.len() {
+        tracing::error!(queue = ?kind, marked = heads.len(), resubmitted = done, "some marked heads are not chains");
+    }
+    tracing::info!(queue = ?kind, commands = done, "resubmitted in-flight commands");
+    o.signal_used(kind);
+}
+
+/// A queue over the guest's descriptor table whose avail ring, in a
+/// private page, holds `heads`.
+struct Replay {
+    view: GuestMem,
+    queue: virtio_queue::Queue,
+}
+
+fn replay_queue(
+    mem: &GuestMem,
+    size: u16,
+    desc_table: u64,
+    heads: &[u16],
+) -> Result<Replay, String> {
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestRegionMmap};
+    const PAGE: u64 = 4096;
+    // avail: flags, idx, ring[size], used_event; used: flags, idx,
+    // ring[size] of 8 bytes, avail_event.
+    let avail_len = 6 + 2 * u64::from(size);
+    let used_at = avail_len.next_multiple_of(4);
+    let len = (used_at + 6 + 8 * u64::from(size)).next_multiple_of(PAGE);
+    let base = mem
+        .last_addr()
+        .0
+        .checked_add(1)
+        .and_then(|a| a.checked_next_multiple_of(PAGE))
+        .filter(|a| a.checked_add(len).is_some())
+        .ok_or("no guest address left for the replay ring")?;
+    let region = GuestRegionMmap::<()>::from_range(GuestAddress(base), len as usize, None)
+        .map_err(|e| format!("replay ring: {e}"))?;
+    let view = mem
+        .insert_region(Arc::new(region))
+        .map_err(|e| format!("replay ring: {e}"))?;
+    let n = u16::try_from(heads.len()).map_err(|_| "too many heads")?;
+    let mut ring = Vec::with_capacity(4 + 2 * heads.len());
+    ring.extend_from_slice(&0u16.to_le_bytes());
+    ring.extend_from_slice(&n.to_le_bytes());
+    for h in heads {
+        ring.extend_from_slice(&h.to_le_bytes());
+    }
+    view.write_slice(&ring, GuestAddress(base))
+        .map_err(|e| format!("replay ring: {e}"))?;
+    let mut queue = virtio_queue::Queue::new(size).map_err(|e| format!("{e:?}"))?;
+    queue
+        .try_set_desc_table_address(GuestAddress(desc_table))
+        .map_err(|e| format!("{e:?}"))?;
+    queue
+        .try_set_avail_ring_address(GuestAddress(base))
+        .map_err(|e| format!("{e:?}"))?;
+    queue
+        .try_set_used_ring_address(GuestAddress(base + used_at))
+        .map_err(|e| format!("{e:?}"))?;
+    queue.set_ready(true);
+    Ok(Replay { view, queue })
 }
 
 /// The timeline a fenced header is ordered on.

@@ -95,6 +95,27 @@ pub struct QueueSetup {
     pub event_idx: bool,
 }
 
+/// Where the device records the chains it holds, so that a backend started
+/// after this one dies can take them up again (vhost-user inflight
+/// tracking). Called on the owner shard, in program order: a few stores
+/// per command, no system call.
+pub trait InflightLog: Send {
+    /// `head` was taken from the avail ring.
+    fn taken(&mut self, head: u16);
+    /// `head` is about to be written to the used ring.
+    fn completing(&mut self, head: u16);
+    /// `head` is in the used ring, whose `idx` is now `used_idx`.
+    fn completed(&mut self, head: u16, used_idx: u16);
+}
+
+/// What a started queue picks up from a previous backend.
+pub struct QueueResume {
+    pub log: Box<dyn InflightLog>,
+    /// Heads the previous backend took and never completed, in the order
+    /// it took them: they run before anything new from the avail ring.
+    pub resubmit: Vec<u16>,
+}
+
 pub(crate) struct ShardLink {
     pub tx: reactor::Sender<job::ShardMsg>,
 }
@@ -256,6 +277,20 @@ impl Device {
         kick: OwnedFd,
         call: OwnedFd,
     ) -> Result<(), DeviceError> {
+        self.start_queue_with(kind, setup, kick, call, None)
+    }
+
+    /// [`Device::start_queue`] with inflight tracking: every chain taken
+    /// and completed is recorded in `resume.log`, and `resume.resubmit`
+    /// runs first.
+    pub fn start_queue_with(
+        &self,
+        kind: QueueKind,
+        setup: QueueSetup,
+        kick: OwnedFd,
+        call: OwnedFd,
+        resume: Option<QueueResume>,
+    ) -> Result<(), DeviceError> {
         if setup.size == 0 || setup.size > MAX_QUEUE_SIZE || !setup.size.is_power_of_two() {
             return Err(DeviceError::Queue(format!(
                 "queue size {} (must be a power of two up to {MAX_QUEUE_SIZE})",
@@ -271,6 +306,7 @@ impl Device {
                 setup,
                 kick,
                 call,
+                resume,
                 reply,
             })
             .map_err(|_| DeviceError::Stopped)?;

@@ -27,6 +27,9 @@ pub(super) struct VirtQueue {
     pub intake: reactor::AbortHandle,
     /// Used elements were added since the last interrupt decision.
     pub unsignalled: bool,
+    /// Inflight tracking (vhost-user `INFLIGHT_SHMFD`), when the transport
+    /// gave a region.
+    pub log: Option<Box<dyn super::InflightLog>>,
 }
 
 /// Counters the owner keeps (read by `Device::stats`).
@@ -38,6 +41,8 @@ pub struct OwnerStats {
     pub in_flight: u64,
     pub max_in_flight: u64,
     pub calls: u64,
+    /// Chains a previous backend took and this one ran again.
+    pub resubmitted: u64,
     pub fences_pending: u64,
     pub contexts: u64,
     pub resources: u64,
@@ -85,6 +90,7 @@ pub(super) enum OwnerCmd {
         setup: QueueSetup,
         kick: reactor::io::EventFd,
         call: reactor::io::EventFdNotifier,
+        resume: Option<super::QueueResume>,
         reply: std::sync::mpsc::Sender<Result<(), String>>,
     },
     /// Stop taking chains from a queue, let the ones taken complete (at
@@ -134,9 +140,10 @@ pub(super) async fn run(
                 setup,
                 kick,
                 call,
+                resume,
                 reply,
             } => {
-                let r = start_queue(&owner, kind, setup, kick, call);
+                let r = start_queue(&owner, kind, setup, kick, call, resume);
                 let _ = reply.send(r);
             }
             OwnerCmd::StopQueue { kind, drain, reply } => stop_queue(&owner, kind, drain, reply),
@@ -238,7 +245,12 @@ fn start_queue(
     setup: QueueSetup,
     kick: reactor::io::EventFd,
     call: reactor::io::EventFdNotifier,
+    resume: Option<super::QueueResume>,
 ) -> Result<(), String> {
+    let (log, resubmit) = match resume {
+        Some(r) => (Some(r.log), r.resubmit),
+        None => (None, Vec::new()),
+    };
     let mut queue =
         Queue::new(setup.size).map_err(|e| format!("queue size {}: {e:?}", setup.size))?;
     queue
@@ -256,13 +268,15 @@ fn start_queue(
     queue.set_ready(true);
     let mut o = owner.borrow_mut();
     o.stop_queue(kind);
-    let (task, intake) = reactor::abortable(super::intake::run(owner.clone(), kind, kick));
+    let (task, intake) =
+        reactor::abortable(super::intake::run(owner.clone(), kind, kick, resubmit));
     reactor::spawn_local_named("intake", task);
     o.queues[kind as usize] = Some(VirtQueue {
         queue,
         call,
         intake,
         unsignalled: false,
+        log,
     });
     Ok(())
 }
@@ -397,6 +411,12 @@ impl Owner {
                 "Call eventfd writes.",
                 "counter",
                 s.calls,
+            ),
+            (
+                "resubmitted_total",
+                "Chains a previous backend took and never completed, run again after a reconnect.",
+                "counter",
+                s.resubmitted,
             ),
             (
                 "fences_pending",

@@ -14,7 +14,7 @@
 //! | `memory.rs` | the memory table: regions mapped, frontend addresses translated |
 //! | `vring.rs` | one ring's set-up and the rule for when it runs |
 //! | `config_space.rs` | `GET_CONFIG`/`SET_CONFIG` on `virtio_gpu_config` |
-//! | `inflight.rs` | the inflight buffer (`GET/SET_INFLIGHT_FD`) |
+//! | `inflight.rs` | the inflight buffer (`GET/SET_INFLIGHT_FD`): chains taken and not completed, recorded per the spec's split layout; recovery after a reconnect |
 //! | `gpu_socket.rs` | [`GpuSocketDisplay`]: the QEMU GPU socket as the device's display sink |
 //! | `display_queue.rs` | what waits for the GPU socket, merged so a slow VMM blocks nothing |
 //! | `backend_channel.rs` | [`VmmBlobMapper`]: `SHMEM_MAP`/`UNMAP` over the backend request channel |
@@ -38,7 +38,9 @@ pub use backend_channel::{mapping_features, ConfigChangeStats, VmmBlobMapper, SH
 pub use gpu_socket::{
     DisplayChanged, DisplayStats, GpuSocketDisplay, VmmDisplay, GPU_PROTOCOL_F_EDID,
 };
-pub use inflight::split_queue_region_size;
+pub use inflight::{
+    split_queue_region_size, InflightBuffer, InflightRegion, QueueRegion, Recovery,
+};
 pub use memory::MAX_REGIONS;
 pub use server::{Server, ServerStop};
 pub use session::{offered_protocol_features, SessionEnd};

@@ -25,11 +25,11 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace};
 
 use super::config_space::{ConfigAccess, ConfigError, ConfigSpace};
 use super::frame::{self, FrameError, Header, Message};
-use super::inflight::{self, InflightBuffer};
+use super::inflight::{self, InflightBuffer, InflightRegion};
 use super::memory::{MemoryTable, RegionInfo, MAX_REGIONS};
 use super::vring::{queue_kind, RingAddrs, Vring, NUM_QUEUES};
 use super::Backend;
-use crate::device::{DeviceError, VIRTIO_RING_F_EVENT_IDX};
+use crate::device::{DeviceError, QueueResume, QueueSetup, VIRTIO_RING_F_EVENT_IDX};
 use crate::protocol::wire::VIRTIO_GPU_EVENT_DISPLAY;
 
 /// Longest wait for commands in flight before a ring stops or the memory
@@ -121,7 +121,28 @@ pub(super) struct Session<'a> {
     memory: MemoryTable,
     vrings: [Vring; NUM_QUEUES],
     config: ConfigSpace,
-    inflight: Option<InflightBuffer>,
+    inflight: Option<Inflight>,
+}
+
+/// The inflight buffer of this session, mapped.
+struct Inflight {
+    /// Kept so the buffer's fd lives as long as the session uses it.
+    _buffer: InflightBuffer,
+    region: InflightRegion,
+    /// Rings whose region was taken up (resubmitted) in this session: a
+    /// later restart of the same ring goes on from where it stopped.
+    recovered: [bool; NUM_QUEUES],
+}
+
+impl Inflight {
+    fn new(buffer: InflightBuffer) -> Result<Inflight, Fault> {
+        let region = InflightRegion::map(&buffer).map_err(|e| fatal(e.to_string()))?;
+        Ok(Inflight {
+            _buffer: buffer,
+            region,
+            recovered: [false; NUM_QUEUES],
+        })
+    }
 }
 
 impl<'a> Session<'a> {
@@ -438,7 +459,7 @@ impl<'a> Session<'a> {
                 let buf = inflight::allocate(&req).map_err(|e| fatal(e.to_string()))?;
                 let reply = VhostUserInflight::new(buf.size, 0, buf.num_queues, buf.queue_size);
                 let fd = buf.fd.try_clone().map_err(|e| fatal(format!("dup: {e}")))?;
-                self.inflight = Some(buf);
+                self.inflight = Some(Inflight::new(buf)?);
                 Ok(Some(Reply {
                     payload: reply.as_slice().to_vec(),
                     fds: vec![fd],
@@ -449,7 +470,8 @@ impl<'a> Session<'a> {
                 let req = frame::parse::<VhostUserInflight>(&payload)
                     .ok_or_else(|| wrong_size::<VhostUserInflight>(&payload))?;
                 let fd = one_fd(fds)?;
-                self.inflight = Some(inflight::adopt(&req, fd).map_err(|e| fatal(e.to_string()))?);
+                let buf = inflight::adopt(&req, fd).map_err(|e| fatal(e.to_string()))?;
+                self.inflight = Some(Inflight::new(buf)?);
                 Ok(None)
             }
             FrontendReq::GET_SHMEM_CONFIG => {
@@ -600,7 +622,7 @@ impl<'a> Session<'a> {
         let used = v.addrs.map_or(0, |a| a.used_ring);
         let next_used = self.read_used_idx(used)?;
         let event_idx = self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let Some(setup) = v.setup(next_used, event_idx) else {
+        let Some(mut setup) = v.setup(next_used, event_idx) else {
             return Ok(None);
         };
         let kick = match &v.kick {
@@ -616,14 +638,60 @@ impl<'a> Session<'a> {
             // No call fd: interrupts go to an eventfd nobody reads.
             None => unread_eventfd().map_err(|e| fatal(format!("eventfd: {e}")))?,
         };
+        let resume = self.resume(i, &mut setup)?;
         self.backend
             .device
-            .start_queue(kind, setup, kick, call)
+            .start_queue_with(kind, setup, kick, call, resume)
             .map_err(device_fault)?;
         tracing::debug!(ring = i, ?setup, "ring started");
         self.vrings[i].started = true;
         self.vrings[i].event_idx = event_idx;
         Ok(None)
+    }
+
+    /// Inflight tracking for ring `i`, when the session has a buffer. At
+    /// the ring's first start in this session the buffer is taken up: the
+    /// chains a previous backend left marked are resubmitted and the ring
+    /// goes on after them (QEMU sends the used index as the base after a
+    /// backend died; the marks say how far the old backend really got).
+    fn resume(&mut self, i: usize, setup: &mut QueueSetup) -> Result<Option<QueueResume>, Fault> {
+        let Some(st) = self.inflight.as_mut() else {
+            return Ok(None);
+        };
+        let Some(mut log) = st.region.queue(i) else {
+            return Ok(None);
+        };
+        if setup.size > log.desc_num() {
+            tracing::warn!(
+                ring = i,
+                size = setup.size,
+                region = log.desc_num(),
+                "ring larger than its inflight region: not tracked"
+            );
+            return Ok(None);
+        }
+        let mut resubmit = Vec::new();
+        if !std::mem::replace(&mut st.recovered[i], true) {
+            let rec = log
+                .recover(setup.next_used, setup.size)
+                .map_err(|e| fatal(format!("ring {i}: {e}")))?;
+            if !rec.resubmit.is_empty() || rec.fixed_last_batch {
+                tracing::info!(
+                    ring = i,
+                    commands = rec.resubmit.len(),
+                    base = setup.next_avail,
+                    next_avail = rec.next_avail,
+                    fixed_last_batch = rec.fixed_last_batch,
+                    "resubmitting in-flight commands from the inflight region"
+                );
+            }
+            setup.next_avail = rec.next_avail;
+            resubmit = rec.resubmit;
+        }
+        Ok(Some(QueueResume {
+            log: Box::new(log),
+            resubmit,
+        }))
     }
 
     /// The used ring's `idx` (vhost-user carries only the avail index; the

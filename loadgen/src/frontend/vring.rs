@@ -397,6 +397,15 @@ impl DriverQueue {
         self.last_used.0
     }
 
+    /// The used ring's `idx` as the device last wrote it (what a VMM reads
+    /// to restart a ring whose backend died: QEMU's
+    /// `virtio_queue_restore_last_avail_idx`).
+    pub fn used_idx(&self) -> Result<u16, DriverError> {
+        let mem = self.ram.memory();
+        let idx: u16 = mem.load(self.used_ring.unchecked_add(2), Ordering::Acquire)?;
+        Ok(u16::from_le(idx))
+    }
+
     /// Number of entries.
     pub fn size(&self) -> u16 {
         self.size
@@ -405,6 +414,14 @@ impl DriverQueue {
     /// The features this queue was set up with.
     pub fn features(&self) -> QueueFeatures {
         self.features
+    }
+
+    /// Whether descriptor `head` heads a chain the device has not given
+    /// back yet.
+    pub fn is_in_flight(&self, head: u16) -> bool {
+        self.heads
+            .get(usize::from(head))
+            .is_some_and(Option::is_some)
     }
 
     /// Chains added (published or not) and not yet completed.

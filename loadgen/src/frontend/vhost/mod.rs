@@ -56,5 +56,5 @@ pub use error::VhostError;
 pub use features::{MemoryMessage, Negotiated};
 pub use gpu_wire::{GPU_PROTOCOL_F_DMABUF2, GPU_PROTOCOL_F_EDID};
 pub use options::{MemTableMode, SetupPause, VhostOptions};
-pub use session::VhostFrontend;
+pub use session::{Reconnected, VhostFrontend};
 pub use shmem_region::{HostVisibleRegion, ShmemError, ShmemMapping};

@@ -56,8 +56,11 @@ pub struct VhostOptions {
     /// Do not negotiate `REPLY_ACK`: no request waits for the backend's ack
     /// (the race QEMU runs when the backend does not offer it).
     pub no_reply_ack: bool,
-    /// Negotiate `INFLIGHT_SHMFD` when offered (QEMU does; like QEMU's GPU,
-    /// loadgen then sends no inflight messages).
+    /// Negotiate `INFLIGHT_SHMFD` when offered and track inflight I/O as
+    /// QEMU's vhost-user-blk does: `GET_INFLIGHT_FD` once, then
+    /// `SET_INFLIGHT_FD` of that buffer at every device start, including
+    /// after a [`reconnect`](super::VhostFrontend::reconnect). A reset
+    /// fetches a new buffer.
     pub inflight_shmfd: bool,
     /// Which memory message to use.
     pub mem_table: MemTableMode,

@@ -8,14 +8,15 @@
 //! backend serves, and this handle, which keeps the GPU socket and the
 //! backend request channel served until it is shut down or dropped.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures as Proto};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::GuestAddress;
@@ -62,6 +63,25 @@ pub struct VhostFrontend {
     broken: Option<String>,
     /// What a paused set-up still has to send ([`SetupPause`]).
     remaining: Option<RemainingSetup>,
+    /// Where the backend listens (`connect` only): what `reconnect` dials.
+    path: Option<PathBuf>,
+    /// The inflight buffer (`GET_INFLIGHT_FD`), kept across reconnects.
+    inflight: Option<(VhostUserInflight, File)>,
+    /// Per ring: our copies of the kick and call eventfds the backend was
+    /// given, handed again to a backend after a reconnect.
+    ring_fds: Vec<(OwnedFd, OwnedFd)>,
+}
+
+/// What [`VhostFrontend::reconnect`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnected {
+    /// Connection attempts until the backend accepted.
+    pub attempts: u32,
+    /// `SET_VRING_BASE` sent per ring: the used index (as QEMU sends it
+    /// when the old backend could not say where it stopped).
+    pub bases: [u16; QUEUES],
+    /// Whether the inflight buffer was handed to the new backend.
+    pub inflight: bool,
 }
 
 /// The part of a set-up held back by [`SetupPause`].
@@ -114,7 +134,9 @@ impl VhostFrontend {
                 }
             }
         };
-        Self::from_stream(stream, ram, opts)
+        let (mut session, driver) = Self::from_stream(stream, ram, opts)?;
+        session.path = Some(path.to_path_buf());
+        Ok((session, driver))
     }
 
     /// Sets the device up over an already connected socket (loadgen's
@@ -158,6 +180,9 @@ impl VhostFrontend {
             memory_added: false,
             broken: None,
             remaining: None,
+            path: None,
+            inflight: None,
+            ring_fds: Vec::new(),
         };
         session.negotiate()?;
         session.attach_gpu_socket()?;
@@ -262,7 +287,141 @@ impl VhostFrontend {
         if replace {
             self.attach_gpu_socket()?;
         }
+        // A reset guest starts with fresh rings: a new inflight buffer
+        // (the old one describes rings that are gone), as QEMU does.
+        self.inflight = None;
         self.start_device()
+    }
+
+    /// Takes the device up again on a new backend after the old one went
+    /// away (closed its socket, was killed), keeping the guest as it is:
+    /// the same driver, rings, guest RAM and outstanding commands.
+    ///
+    /// Dials the same path until `deadline`, then replays the set-up as
+    /// QEMU does on a reconnect: features, protocol features, the backend
+    /// request channel and GPU socket (new ones), `SET_INFLIGHT_FD` with
+    /// the same buffer, `SET_FEATURES`, guest RAM, and per ring its size,
+    /// `SET_VRING_BASE` = the used ring's `idx` (the old backend cannot say
+    /// where it stopped; with the inflight buffer the new one finds the
+    /// chains it had taken), the same addresses, kick and call eventfds,
+    /// enable; then kicks both rings. Mappings the old backend made in the
+    /// host-visible region are dropped (the new one has none).
+    pub fn reconnect(
+        &mut self,
+        driver: &GpuDriver,
+        deadline: Instant,
+    ) -> Result<Reconnected, VhostError> {
+        let Some(path) = self.path.clone() else {
+            return Err(VhostError::Unsupported(
+                "reconnect needs a backend socket path (the session was set up on a socket it was handed)".into(),
+            ));
+        };
+        let mut attempts = 0u32;
+        let stream = loop {
+            attempts += 1;
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(source) => return Err(VhostError::NoBackend { path, source }),
+            }
+        };
+        let local = |what| move |source| VhostError::Local { what, source };
+        // The old session's threads and sockets go first.
+        self.gpu_socket = None;
+        self.backend_req = None;
+        if let Some(region) = &self.region {
+            region.unmap_all();
+        }
+        self.ctrl = stream
+            .try_clone()
+            .map_err(local("cloning the control socket"))?;
+        let watched = stream
+            .try_clone()
+            .map_err(local("cloning the control socket"))?;
+        self.deadline = ControlDeadline::start(watched).map_err(local("starting the watchdog"))?;
+        self.frontend = Frontend::from_stream(stream, QUEUES as u64);
+        self.broken = None;
+        self.remaining = None;
+        self.memory_added = false;
+        let offered_before = self.negotiated.offered;
+        self.negotiate()?;
+        if self.negotiated.offered & offered_before != offered_before {
+            return Err(VhostError::Unsupported(format!(
+                "the new backend offers features {:#x}, the old one offered {offered_before:#x}",
+                self.negotiated.offered
+            )));
+        }
+        self.attach_gpu_socket()?;
+        let inflight = self.send_inflight()?;
+        let acked = self.negotiated.acked;
+        self.op("SET_FEATURES", |f| f.set_features(acked))?;
+        self.send_memory()?;
+        let mut bases = [0u16; QUEUES];
+        for (index, base) in bases.iter_mut().enumerate() {
+            let queue = if index == 0 {
+                Queue::Control
+            } else {
+                Queue::Cursor
+            };
+            let q = driver.queue(queue);
+            *base = q
+                .used_idx()
+                .map_err(|e| VhostError::Driver(crate::driver::GpuDriverError::Ring(e)))?;
+            let config = self.ring_config(driver, queue);
+            let (kick, call) = self
+                .ring_fds
+                .get(index)
+                .ok_or_else(|| VhostError::Unsupported(format!("ring {index} was never set up")))?;
+            let kick = event_fd(kick.try_clone().map_err(local("dup of a kick eventfd"))?);
+            let call = event_fd(call.try_clone().map_err(local("dup of a call eventfd"))?);
+            let b = *base;
+            self.op("SET_VRING_NUM", |f| {
+                f.set_vring_num(index, config.queue_size)
+            })?;
+            self.op("SET_VRING_BASE", |f| f.set_vring_base(index, b))?;
+            self.op("SET_VRING_ADDR", |f| f.set_vring_addr(index, &config))?;
+            self.op("SET_VRING_KICK", |f| f.set_vring_kick(index, &kick))?;
+            self.op("SET_VRING_CALL", |f| f.set_vring_call(index, &call))?;
+        }
+        if acked & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            for index in 0..QUEUES {
+                self.op("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
+            }
+        }
+        if !self.negotiated.reply_ack() && self.opts.setup_barrier {
+            self.op("GET_FEATURES (set-up barrier)", |f| f.get_features())?;
+        }
+        // Whatever the driver published while nobody listened.
+        for (kick, _) in &self.ring_fds {
+            crate::irq::write_eventfd(kick).map_err(local("kicking a ring"))?;
+        }
+        Ok(Reconnected {
+            attempts,
+            bases,
+            inflight,
+        })
+    }
+
+    /// `GET_INFLIGHT_FD` (once per device life) and `SET_INFLIGHT_FD`, when
+    /// both sides want inflight tracking; true when the buffer was sent.
+    fn send_inflight(&mut self) -> Result<bool, VhostError> {
+        if !self.opts.inflight_shmfd || !self.negotiated.protocol.contains(Proto::INFLIGHT_SHMFD) {
+            return Ok(false);
+        }
+        if self.inflight.is_none() {
+            let want = VhostUserInflight::new(0, 0, QUEUES as u16, self.opts.queue_size);
+            let got = self.op("GET_INFLIGHT_FD", |f| f.get_inflight_fd(&want))?;
+            self.inflight = Some(got);
+        }
+        let Some((info, file)) = &self.inflight else {
+            return Ok(false);
+        };
+        let (info, fd) = (*info, file.as_raw_fd());
+        self.op("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&info, fd))?;
+        Ok(true)
     }
 
     /// Stops both rings (`GET_VRING_BASE`, which returns where the backend
@@ -398,6 +557,8 @@ impl VhostFrontend {
     /// SET_FEATURES, guest RAM, both rings, enable: a driver ready to go
     /// (or, with [`SetupPause`], a driver whose rings are not all ready).
     fn start_device(&mut self) -> Result<GpuDriver, VhostError> {
+        // QEMU hands the inflight buffer over before the device starts.
+        self.send_inflight()?;
         let acked = driver_features(
             self.negotiated.offered,
             self.opts.queue_features,
@@ -411,6 +572,7 @@ impl VhostFrontend {
             self.opts.queue_size,
             self.negotiated.queue_features,
         )?;
+        self.ring_fds.clear();
         let pause = self.opts.pause_setup;
         let memory_later = pause == SetupPause::BeforeMemory;
         let addrs_later = matches!(pause, SetupPause::BeforeMemory | SetupPause::BeforeRingAddr);
@@ -560,6 +722,15 @@ impl VhostFrontend {
         ends: QueueEnds,
         with_addr: bool,
     ) -> Result<(), VhostError> {
+        let local = |what| move |source| VhostError::Local { what, source };
+        self.ring_fds.push((
+            ends.kick
+                .try_clone()
+                .map_err(local("dup of a kick eventfd"))?,
+            ends.call
+                .try_clone()
+                .map_err(local("dup of a call eventfd"))?,
+        ));
         let kick = event_fd(ends.kick);
         let call = event_fd(ends.call);
         self.op("SET_VRING_NUM", |f| {

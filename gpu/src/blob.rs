@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::render::BlobMemory;
@@ -67,6 +68,9 @@ pub struct FakeBlobMapper {
     region: u64,
     delay: Duration,
     mapped: Mutex<HashMap<u64, u64>>,
+    /// While set, answers wait (after `delay`) until it is cleared: a VMM
+    /// that answers exactly when a test says so.
+    held: Arc<AtomicBool>,
 }
 
 impl FakeBlobMapper {
@@ -75,7 +79,13 @@ impl FakeBlobMapper {
             region,
             delay,
             mapped: Mutex::new(HashMap::new()),
+            held: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Holds (true) or releases (false) every answer not yet given.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::Release);
     }
 
     /// Current mappings: offset → length.
@@ -115,10 +125,13 @@ impl BlobMapper for FakeBlobMapper {
 impl FakeBlobMapper {
     /// The VMM's answer, after the configured delay (a timerfd on the ring).
     fn answer(&self, ok: bool, refusal: String) -> BlobFuture {
-        let delay = self.delay;
+        let (delay, held) = (self.delay, self.held.clone());
         Box::pin(async move {
             if !delay.is_zero() {
                 let _ = reactor::time::sleep(delay).await;
+            }
+            while held.load(Ordering::Acquire) {
+                let _ = reactor::time::sleep(Duration::from_millis(1)).await;
             }
             if ok {
                 Ok(())

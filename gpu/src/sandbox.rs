@@ -215,6 +215,9 @@ fn allowed(profile: Profile) -> Vec<Allow> {
         // shrinks. Under sim and 2d every open fails with EACCES (second
         // filter; malloc copes); under virgl only read-only opens succeed.
         any(SYS_openat),
+        // The inflight buffer (GET_INFLIGHT_FD): each queue's header is
+        // written at its offset (lseek, write) before the fd is handed over.
+        any(SYS_lseek),
         // The server removes its socket file when it stops.
         #[cfg(target_arch = "x86_64")]
         any(SYS_unlink),

@@ -256,9 +256,11 @@ fn unmap_blob_awaiting_a_slow_vmm_does_not_stop_other_contexts() {
         resource_id: ResourceId(7),
     }))
     .with_ctx(1);
+    // The VMM sits on the unmap until the test lets it answer.
+    b.blob.hold(true);
     put(&mut d, &unmap, 100);
     d.kick(Queue::Control).unwrap();
-    // While the VMM sits on the unmap, context 2 runs 20 fenced frames.
+    // Meanwhile context 2 runs 20 fenced frames.
     for f in 1..=20u64 {
         put(&mut d, &submit(2, 100, false).with_fence(f), f);
         d.kick(Queue::Control).unwrap();
@@ -269,6 +271,7 @@ fn unmap_blob_awaiting_a_slow_vmm_does_not_stop_other_contexts() {
             "the unmap finished before context 2's frame {f}"
         );
     }
+    b.blob.hold(false);
     let c = d.wait_for(100, T).unwrap();
     assert_eq!(ok(&c), &Response::OkNodata);
     assert!(b.blob.mappings().is_empty());

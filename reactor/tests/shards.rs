@@ -184,3 +184,72 @@ fn hundred_thousand_timers_do_not_grow_memory() {
     })
     .unwrap();
 }
+
+/// The scheduler slice the calling thread has (sched_getattr's runtime).
+fn slice_of_this_thread() -> u64 {
+    // struct sched_attr as the kernel lays it out (56 bytes).
+    let mut attr = [0u64; 7];
+    // SAFETY: sched_getattr writes at most `size` (56) bytes into `attr`,
+    // which is 56 bytes long and lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "sched_getattr: {}", std::io::Error::last_os_error());
+    // size u32, policy u32 | flags u64 | nice i32, priority u32 | runtime
+    attr[3]
+}
+
+/// Linux 6.12 added custom slices for SCHED_OTHER threads; before, the
+/// kernel takes the call and keeps its own slice.
+fn kernel_has_custom_slices() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) >= (6, 12)
+}
+
+#[test]
+fn shard_threads_get_the_scheduler_slice_they_ask_for() {
+    let slice = Duration::from_micros(300);
+    let r = Reactor::builder()
+        .shards(2)
+        .latency_slice(Some(slice))
+        .build()
+        .unwrap();
+    let plain = Reactor::builder().shards(1).build().unwrap();
+    let asked = r
+        .shard(1)
+        .spawn(|| async { slice_of_this_thread() })
+        .join()
+        .unwrap();
+    let default = plain
+        .shard(0)
+        .spawn(|| async { slice_of_this_thread() })
+        .join()
+        .unwrap();
+    if kernel_has_custom_slices() {
+        assert_eq!(asked, 300_000);
+        assert_ne!(
+            default, 300_000,
+            "a reactor that asks nothing keeps the kernel's slice"
+        );
+    }
+    // Any thread may ask too (loadgen's interrupt thread does).
+    std::thread::spawn(move || {
+        reactor::request_slice(Duration::from_micros(200)).unwrap();
+        if kernel_has_custom_slices() {
+            assert_eq!(slice_of_this_thread(), 200_000);
+        }
+    })
+    .join()
+    .unwrap();
+}

@@ -93,8 +93,16 @@ impl Backend {
             .stall_threshold(opts.stall_warn)
             .build()?;
         // Pixels to the VMM are bulk copies: keep them off shard 0, which
-        // owns the queues (intake and completion are the latency path).
-        let display_shard = reactor.shards().len() - 1;
+        // owns the queues (intake and completion are the latency path) -
+        // unless the renderer runs on one shard only (the last): then the
+        // display goes to the shard before it, so the renderer's copies and
+        // the socket writes do not take turns on one thread.
+        let n = reactor.shards().len();
+        let display_shard = if opts.renderer.info().single_shard && n > 1 {
+            n - 2
+        } else {
+            n - 1
+        };
         let display = Arc::new(GpuSocketDisplay::new(
             reactor.shard(display_shard).clone(),
             opts.device.num_scanouts,

@@ -117,8 +117,16 @@ impl Outbox {
             return Merged::default();
         };
         let before = q.len();
-        q.retain(|m| !matches!(m, Outgoing::Update { .. }));
+        let mut spare = Vec::new();
+        q.retain_mut(|m| match m {
+            Outgoing::Update { pixels, .. } => {
+                spare.push(std::mem::take(pixels));
+                false
+            }
+            _ => true,
+        });
         let replaced = (before - q.len()) as u64;
+        self.spare.extend(spare);
         self.pending_bytes[scanout as usize] = 0;
         q.push_back(Outgoing::Scanout {
             scanout,

@@ -351,6 +351,13 @@ impl DisplaySink for GpuSocketDisplay {
         let Some(slot) = st.modes.get_mut(scanout as usize) else {
             return;
         };
+        if *slot == mode {
+            // The guest set up what is already shown (Linux's dumb-buffer
+            // path sends SET_SCANOUT with every frame): telling the VMM
+            // again would make it build a new surface and drop the
+            // updates still queued for this one.
+            return;
+        }
         *slot = mode;
         let (w, h) = mode.map_or((0, 0), |m| (m.width, m.height));
         let merged = match st.link.as_mut() {
@@ -361,6 +368,8 @@ impl DisplaySink for GpuSocketDisplay {
             }
             None => return,
         };
+        // Unsent frames of the old mode: superseded, like merged ones.
+        st.stats.updates_replaced += merged.replaced;
         st.count(merged);
     }
 

@@ -86,7 +86,9 @@ struct Args {
     shards: Option<usize>,
     /// With --renderer virgl: render worker processes of the embedded
     /// backend, each with its own virglrenderer (0: in this process, on a
-    /// render shard) [default: one per shard]
+    /// render shard) [default: one per desktop, up to 64: each desktop's
+    /// GPU work isolated from the others'; the daemon's default is one per
+    /// shard]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
     render_workers: Option<u16>,
     /// With --direct: pin backend shard i to CPU i and this driver thread to the last CPU.
@@ -170,7 +172,9 @@ fn main() -> ExitCode {
         display_delay: Duration::from_micros(args.vmm_display_delay_us),
         latency_slice: (args.slice_us > 0).then(|| Duration::from_micros(args.slice_us)),
         render_workers: match (args.renderer, args.render_workers) {
-            (loadgen::scenario::RendererKind::Virgl, None) => Some(shards),
+            (loadgen::scenario::RendererKind::Virgl, None) => {
+                Some((args.desktops as usize).clamp(1, 64))
+            }
             (_, n) => n.map(usize::from),
         },
         reconnect: args.reconnect.then_some(args.reconnect_wait),

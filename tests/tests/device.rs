@@ -217,6 +217,54 @@ fn thousand_commands_of_a_stalled_context_do_not_delay_another_context() {
     assert_eq!(d.in_flight(), 1000);
 }
 
+/// Context 1 floods the queue with 900 commands; context 2 runs fenced
+/// frames meanwhile. With context 2 active, the pacer holds context 1 to
+/// its budget (counted); everything still completes, in each context's
+/// order. Alone, a flooding context is never paced.
+#[test]
+fn a_flooding_context_is_paced_only_while_another_is_active_and_loses_nothing() {
+    let flood = |d: &mut GpuDriver, first_tag: u64| {
+        for i in 0..900u64 {
+            put(d, &submit(1, 0, false), first_tag + i);
+        }
+        d.kick(Queue::Control).unwrap();
+    };
+    let (b, mut d) = start();
+    ctx_create(&mut d, 1);
+    flood(&mut d, 10_000);
+    for i in 0..900u64 {
+        assert_eq!(ok(&d.wait_for(10_000 + i, T).unwrap()), &Response::OkNodata);
+    }
+    assert_eq!(
+        b.device.stats().unwrap().paced,
+        0,
+        "paced with no one else active"
+    );
+
+    ctx_create(&mut d, 2);
+    let frame = submit(2, 10, false).with_ring(0).with_fence(1);
+    assert_eq!(
+        ok(&d.call(Queue::Control, &frame, T).unwrap()),
+        &Response::OkNodata
+    );
+    flood(&mut d, 20_000);
+    for f in 2..=4u64 {
+        let frame = submit(2, 10, false).with_ring(0).with_fence(f);
+        assert_eq!(
+            ok(&d.call(Queue::Control, &frame, T).unwrap()),
+            &Response::OkNodata
+        );
+    }
+    for i in 0..900u64 {
+        assert_eq!(ok(&d.wait_for(20_000 + i, T).unwrap()), &Response::OkNodata);
+    }
+    assert_eq!(d.in_flight(), 0);
+    assert!(
+        b.device.stats().unwrap().paced > 0,
+        "the flood was not paced"
+    );
+}
+
 fn create_host_blob(d: &mut GpuDriver, ctx: u32, id: u32, size: u64) {
     let r = call(
         d,

@@ -2,6 +2,8 @@
 //! the used ring in the order their fence timelines demand, then interrupts
 //! the guest once per batch (EVENT_IDX decides whether at all).
 
+use std::time::Instant;
+
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
@@ -11,7 +13,24 @@ use super::owner::{Owner, OwnerRef};
 /// The completion task of a device.
 pub(super) async fn run(owner: OwnerRef, mut rx: reactor::Receiver<Done>) {
     let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // When the pacer owes flooding contexts commands it could not send yet.
+    let mut pace_at: Option<Instant> = None;
+    loop {
+        let next = match pace_at {
+            None => rx.recv().await,
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                match reactor::time::timeout(wait, rx.recv()).await {
+                    Ok(d) => d,
+                    // The pacer's window ended: send what it owes.
+                    Err(_) => {
+                        pace_at = owner.borrow_mut().pace();
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(first) = next else { break };
         batch.push(first);
         rx.drain_into(&mut batch);
         {
@@ -19,6 +38,7 @@ pub(super) async fn run(owner: OwnerRef, mut rx: reactor::Receiver<Done>) {
             for d in batch.drain(..) {
                 o.complete(d);
             }
+            pace_at = o.pace();
             o.signal_used(QueueKind::Control);
             o.signal_used(QueueKind::Cursor);
             o.check_quiesced();

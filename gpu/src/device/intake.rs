@@ -10,7 +10,8 @@
 //! [`VMM_VIEW_WAIT`]) so the guest is not told a configuration the VMM is
 //! about to contradict (QEMU cannot be made to tell the guest again).
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 
@@ -69,6 +70,91 @@ pub(super) async fn run(
             tracing::error!(queue = ?kind, error = %e, "kick eventfd failed; intake stops");
             return;
         }
+    }
+}
+
+/// How long a context that sent a command with nothing of its own waiting
+/// counts as active for the pacer.
+const LIGHT_FOR: Duration = Duration::from_millis(100);
+/// Pacer window, and how many waiting commands of flooding contexts it lets
+/// go per window while lighter contexts are active (20 000/s: hundreds per
+/// frame, a tenth of what the device can run).
+const PACE_WINDOW: Duration = Duration::from_millis(1);
+const PACE_BUDGET: u32 = 20;
+
+/// Fair share for contexts that flood. A context past its in-flight cap
+/// waits at the owner (`dispatch`); each of its finished commands lets the
+/// next one go. Unpaced, a flooding context (desktop 0 of loadgen's
+/// `queue-full`) keeps every core busy with its commands, and the other
+/// desktops' wake-ups wait for CPU. While any context without a backlog is
+/// active, the backlogged ones together get [`PACE_BUDGET`] commands per
+/// [`PACE_WINDOW`]; with none active (one context alone, or all flooding, as
+/// the device benchmark) nothing is paced. A context counts as light when it
+/// has not had to wait for [`LIGHT_FOR`].
+#[derive(Debug)]
+pub(super) struct Pacer {
+    /// Last dispatch from a context that has not had to wait lately, and
+    /// that context.
+    light_at: Option<(u32, Instant)>,
+    /// When each context last had to wait (was parked).
+    backlogged_at: HashMap<u32, Instant>,
+    window_end: Instant,
+    tokens: u32,
+    /// Contexts owed a dispatch (one entry per finished command).
+    owed: VecDeque<u32>,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer {
+            light_at: None,
+            backlogged_at: HashMap::new(),
+            window_end: Instant::now(),
+            tokens: PACE_BUDGET,
+            owed: VecDeque::new(),
+        }
+    }
+}
+
+impl Pacer {
+    /// A command of `ctx` had to wait.
+    fn waited(&mut self, ctx: u32, now: Instant) {
+        self.backlogged_at.insert(ctx, now);
+        if self.light_at.is_some_and(|(c, _)| c == ctx) {
+            self.light_at = None;
+        }
+    }
+
+    /// A command of `ctx` went straight to its shard: if `ctx` has not had
+    /// to wait lately, it is a light context the pacer protects.
+    fn went(&mut self, ctx: u32, now: Instant) {
+        let flooding = self
+            .backlogged_at
+            .get(&ctx)
+            .is_some_and(|&t| now.saturating_duration_since(t) < LIGHT_FOR);
+        if !flooding {
+            self.light_at = Some((ctx, now));
+        }
+    }
+
+    /// True when a waiting command of `ctx` may go now: always, unless
+    /// another context is light (active, with nothing waiting).
+    fn take(&mut self, ctx: u32, now: Instant) -> bool {
+        let contended = self
+            .light_at
+            .is_some_and(|(c, t)| c != ctx && now.saturating_duration_since(t) < LIGHT_FOR);
+        if !contended {
+            return true;
+        }
+        if now >= self.window_end {
+            self.window_end = now + PACE_WINDOW;
+            self.tokens = PACE_BUDGET;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
     }
 }
 
@@ -750,10 +836,13 @@ impl Owner {
         if ctx != 0 {
             let busy = self.routed.get(&ctx).copied().unwrap_or(0) >= CONTEXT_IN_FLIGHT;
             let queued = self.parked.get(&ctx).is_some_and(|p| !p.is_empty());
+            let now = Instant::now();
             if busy || queued {
                 self.parked.entry(ctx).or_default().push_back((shard, job));
+                self.pacer.waited(ctx, now);
                 return;
             }
+            self.pacer.went(ctx, now);
             *self.routed.entry(ctx).or_default() += 1;
         }
         self.send_to_shard(shard, job);
@@ -793,10 +882,84 @@ impl Owner {
         if let Some(n) = self.routed.get_mut(&ctx) {
             *n = n.saturating_sub(1);
         }
+        if self.parked.get(&ctx).is_some_and(|p| !p.is_empty()) {
+            if self.pacer.take(ctx, Instant::now()) {
+                self.dispatch_parked(ctx);
+            } else {
+                self.stats.paced += 1;
+                self.pacer.owed.push_back(ctx);
+            }
+        }
+    }
+
+    /// Sends `ctx`'s oldest waiting command to its shard.
+    fn dispatch_parked(&mut self, ctx: u32) {
         let next = self.parked.get_mut(&ctx).and_then(|p| p.pop_front());
         if let Some((shard, job)) = next {
             *self.routed.entry(ctx).or_default() += 1;
             self.send_to_shard(shard, job);
         }
+    }
+
+    /// Sends what the pacer owes flooding contexts, as far as this window
+    /// allows; returns when to come back if something is still owed.
+    pub(super) fn pace(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        while let Some(&ctx) = self.pacer.owed.front() {
+            if !self.pacer.take(ctx, now) {
+                return Some(self.pacer.window_end);
+            }
+            self.pacer.owed.pop_front();
+            self.dispatch_parked(ctx);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    #[test]
+    fn a_flooding_context_alone_is_never_paced() {
+        let mut p = Pacer::default();
+        let t0 = Instant::now();
+        p.went(1, t0); // before it floods, it is light itself...
+        p.waited(1, t0);
+        p.went(1, t0); // ...then its own commands do not make it light
+        assert!((0..10_000).all(|_| p.take(1, t0)));
+    }
+
+    #[test]
+    fn with_a_light_context_active_the_backlog_gets_a_budget_per_window() {
+        let mut p = Pacer::default();
+        let t0 = Instant::now();
+        p.waited(1, t0);
+        p.went(2, t0);
+        // A light context that starts to flood stops holding others back.
+        p.went(3, t0);
+        p.waited(3, t0);
+        assert!(p.take(1, t0) && p.light_at.is_none());
+        p.went(2, t0);
+        let granted = (0..1000).filter(|_| p.take(1, t0)).count();
+        assert_eq!(granted, PACE_BUDGET as usize);
+        // The next window grants the budget again.
+        let t1 = t0 + PACE_WINDOW;
+        let granted = (0..1000).filter(|_| p.take(1, t1)).count();
+        assert_eq!(granted, PACE_BUDGET as usize);
+        // A light context quiet for LIGHT_FOR no longer holds the others back.
+        let t2 = t0 + LIGHT_FOR + PACE_WINDOW;
+        assert!((0..1000).all(|_| p.take(1, t2)));
+    }
+
+    #[test]
+    fn a_context_that_waited_lately_is_not_light_until_it_has_been_quiet() {
+        let mut p = Pacer::default();
+        let t0 = Instant::now();
+        p.waited(1, t0);
+        p.went(1, t0 + LIGHT_FOR / 2);
+        assert!(p.take(2, t0 + LIGHT_FOR / 2) && p.light_at.is_none());
+        p.went(1, t0 + LIGHT_FOR * 2);
+        assert_eq!(p.light_at, Some((1, t0 + LIGHT_FOR * 2)));
     }
 }

@@ -49,6 +49,8 @@ pub struct OwnerStats {
     pub resource_bytes: u64,
     /// Pixel bytes the renderers copied (transfers, display read-backs).
     pub pixel_bytes_copied: u64,
+    /// Commands of flooding contexts the pacer held to its budget.
+    pub paced: u64,
 }
 
 /// A released completion: (queue, head, len).
@@ -80,6 +82,8 @@ pub(super) struct Owner {
     /// Display queries to answer once the VMM's first view is known
     /// (`DisplaySink::vmm_view_pending`); intake spawns their waits.
     pub held_display: Vec<super::intake::HeldQuery>,
+    /// Pacing of flooding contexts (`intake::Pacer`).
+    pub pacer: super::intake::Pacer,
 }
 
 /// Control messages from the `Device` handle.
@@ -312,6 +316,7 @@ impl Owner {
             drains: Vec::new(),
             parked: Default::default(),
             held_display: Vec::new(),
+            pacer: Default::default(),
             shared,
         }
     }
@@ -372,6 +377,7 @@ impl Owner {
         self.watch.clear();
         self.routed.clear();
         self.parked.clear();
+        self.pacer = Default::default();
         for s in &self.shared.shards {
             let _ = s.tx.send(ShardMsg::Reset);
         }
@@ -437,6 +443,12 @@ impl Owner {
                 "Pixel bytes copied by the renderers (transfers into host images, read-backs for the display).",
                 "counter",
                 self.shared.pixel_bytes_copied.load(Ordering::Relaxed),
+            ),
+            (
+                "paced_total",
+                "Commands of flooding contexts held to the pacer's budget while lighter contexts were active.",
+                "counter",
+                s.paced,
             ),
         ] {
             let _ = writeln!(out, "# HELP gpu_reactor_{name} {help}");

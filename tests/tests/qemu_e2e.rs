@@ -96,7 +96,7 @@ fn guest_pixels_through_both_backends(scenario: &Scenario) {
     let host = Host::find();
     let work = WorkDir::new();
     let initrd = build_initramfs(&host, work.path());
-    let reactor = gpu_reactor_binary();
+    let reactor = e2e_tests::gpu_reactor_binary();
     println!("kernel {} (modules {})", host.kernel.display(), host.kver);
     println!(
         "initramfs {} ({} bytes)",
@@ -282,48 +282,6 @@ fn version_key(v: &str) -> Vec<u64> {
     v.split(|c: char| !c.is_ascii_digit())
         .filter_map(|s| s.parse().ok())
         .collect()
-}
-
-/// The daemon cargo built next to this test (`target/<profile>/gpu-reactor`);
-/// built with cargo when it is absent or older than this test.
-fn gpu_reactor_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/qemu_e2e-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = profile_dir.join("gpu-reactor");
-    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stale = match (modified(&bin), modified(&exe)) {
-        (Some(b), Some(t)) => b < t,
-        _ => true,
-    };
-    if stale {
-        let target_dir = profile_dir.parent().expect("target dir");
-        let cargo = std::env::var_os("CARGO")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(option_env!("CARGO").unwrap_or("cargo")));
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "gpu", "--bin", "gpu-reactor"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        println!("building gpu-reactor: {cmd:?}");
-        let status = cmd.status().expect("cannot run cargo to build gpu-reactor");
-        assert!(
-            status.success(),
-            "cargo build -p gpu --bin gpu-reactor failed: {status}"
-        );
-    }
-    assert!(
-        bin.exists(),
-        "no gpu-reactor at {} after building it",
-        bin.display()
-    );
-    bin
 }
 
 // ---------------------------------------------------------------------------

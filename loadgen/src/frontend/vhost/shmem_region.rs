@@ -238,18 +238,8 @@ impl HostVisibleRegion {
     /// Copies bytes out of one live mapping (a check that what the backend
     /// mapped is what it meant).
     pub fn read(&self, shm_offset: u64, buf: &mut [u8]) -> Result<(), ShmemError> {
-        let len = buf.len() as u64;
         let maps = self.lock();
-        let inside = maps
-            .range(..=shm_offset)
-            .next_back()
-            .is_some_and(|(_, m)| shm_offset + len <= m.offset + m.len);
-        if !inside || len == 0 {
-            return Err(ShmemError::NotMapped {
-                offset: shm_offset,
-                len,
-            });
-        }
+        Self::inside_one(&maps, shm_offset, buf.len() as u64, false)?;
         // SAFETY: the source range lies inside one live, readable mapping
         // (checked under the lock, which also keeps it from being unmapped
         // during the copy) and cannot overlap `buf`, which Rust owns. A
@@ -268,18 +258,8 @@ impl HostVisibleRegion {
     /// Copies bytes into one live writable mapping (what the guest does
     /// through a mapped blob).
     pub fn write(&self, shm_offset: u64, buf: &[u8]) -> Result<(), ShmemError> {
-        let len = buf.len() as u64;
         let maps = self.lock();
-        let inside = maps
-            .range(..=shm_offset)
-            .next_back()
-            .is_some_and(|(_, m)| m.writable && shm_offset + len <= m.offset + m.len);
-        if !inside || len == 0 {
-            return Err(ShmemError::NotMapped {
-                offset: shm_offset,
-                len,
-            });
-        }
+        Self::inside_one(&maps, shm_offset, buf.len() as u64, true)?;
         // SAFETY: the destination range lies inside one live mapping made
         // with PROT_WRITE (checked under the lock, which also keeps it from
         // being unmapped during the copy) and cannot overlap `buf`.
@@ -289,6 +269,23 @@ impl HostVisibleRegion {
                 (self.base + shm_offset as usize) as *mut u8,
                 buf.len(),
             );
+        }
+        Ok(())
+    }
+
+    /// Ok when `[offset, offset + len)` (not empty) lies inside one mapping
+    /// of `maps`, a writable one if `write`.
+    fn inside_one(
+        maps: &BTreeMap<u64, ShmemMapping>,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), ShmemError> {
+        let inside = maps.range(..=offset).next_back().is_some_and(|(_, m)| {
+            (m.writable || !write) && offset.saturating_add(len) <= m.offset + m.len
+        });
+        if !inside || len == 0 {
+            return Err(ShmemError::NotMapped { offset, len });
         }
         Ok(())
     }
@@ -377,9 +374,26 @@ mod tests {
         let mut buf = [0u8; 10];
         r.read(8 * PAGE, &mut buf).unwrap();
         assert_eq!(&buf, b"blob bytes");
+        // Read-only: the guest cannot write through it.
+        assert!(r.write(8 * PAGE, b"x").is_err());
         r.unmap(8 * PAGE, 2 * PAGE).unwrap();
         assert!(r.read(8 * PAGE, &mut buf).is_err());
         assert!(r.mappings().is_empty());
+    }
+
+    #[test]
+    fn a_writable_mapping_takes_writes_that_the_file_then_holds() {
+        let r = HostVisibleRegion::reserve(1 << 20).unwrap();
+        let mut f = memfd(b"");
+        r.map(f.as_fd(), 0, 4 * PAGE, 2 * PAGE, true).unwrap();
+        r.write(4 * PAGE + 3, b"pixels").unwrap();
+        let mut back = [0u8; 9];
+        std::io::Read::read_exact(&mut f, &mut back).unwrap();
+        assert_eq!(&back, b"\0\0\0pixels");
+        // Past the mapping's end, or across it, is refused.
+        assert!(r.write(6 * PAGE, b"x").is_err());
+        assert!(r.write(6 * PAGE - 2, b"xyz").is_err());
+        assert!(r.write(4 * PAGE, b"").is_err());
     }
 
     #[test]

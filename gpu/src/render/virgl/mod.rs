@@ -85,19 +85,25 @@ impl VirglFactory {
     }
 }
 
+/// What virgl offers, in this process or in render workers (whose pool is
+/// one instance on one shard too).
+pub(crate) fn virgl_info(capsets: Vec<Capset>) -> RendererInfo {
+    RendererInfo {
+        name: "virgl",
+        capsets,
+        has_3d: true,
+        // 0.10.4 has blob calls, but on llvmpipe there is nothing to
+        // export to the VMM (no dmabuf): not offered.
+        has_blob: false,
+        // vrend keeps one ring per context: ring_idx 1 is -EINVAL.
+        max_rings: 1,
+        single_shard: true,
+    }
+}
+
 impl RendererFactory for VirglFactory {
     fn info(&self) -> RendererInfo {
-        RendererInfo {
-            name: "virgl",
-            capsets: self.capsets.clone(),
-            has_3d: true,
-            // 0.10.4 has blob calls, but on llvmpipe there is nothing to
-            // export to the VMM (no dmabuf): not offered.
-            has_blob: false,
-            // vrend keeps one ring per context: ring_idx 1 is -EINVAL.
-            max_rings: 1,
-            single_shard: true,
-        }
+        virgl_info(self.capsets.clone())
     }
 
     fn create(&self, _shard: usize) -> Result<Box<dyn Renderer>, String> {

@@ -184,16 +184,7 @@ impl WorkerPoolFactory {
 
 impl RendererFactory for WorkerPoolFactory {
     fn info(&self) -> RendererInfo {
-        RendererInfo {
-            name: "virgl",
-            capsets: self.capsets.clone(),
-            has_3d: true,
-            has_blob: false,
-            max_rings: 1,
-            // The pool itself is one instance on one shard; the library
-            // runs in the workers.
-            single_shard: true,
-        }
+        super::virgl_info(self.capsets.clone())
     }
 
     fn create(&self, _shard: usize) -> Result<Box<dyn Renderer>, String> {

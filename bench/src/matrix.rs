@@ -435,40 +435,16 @@ mod tests {
     #[test]
     fn isolation_ratio_is_a_metric_only_when_the_report_has_one() {
         let mut r = Report {
-            backend: "x".into(),
-            desktops: 2,
             profile: "3d".into(),
             fence_mode: "ring".into(),
-            scenario: "none".into(),
-            duration_s: 1.0,
-            commands: 10,
-            commands_per_s: 10.0,
-            frames: 5,
-            frames_per_s: 5.0,
-            fences: 5,
             fences_lost: 1,
-            stressed_fences_pending: 0,
-            errors: 0,
-            reconnects: 0,
-            lost_state_answers: 0,
-            fences_completed_twice: 0,
-            fences_out_of_order: 0,
             fence_latency_us: loadgen::report::Percentiles {
                 p50: 7,
                 p99: 9,
                 p999: 11,
                 max: 12,
             },
-            fence_overhead_us: Default::default(),
-            max_stall_ms: 0.0,
-            stalls_over_50ms: 0,
-            frames_delivered: 0,
-            frames_merged: 0,
-            pixel_bytes_copied_per_frame: None,
-            pixels_bad: 0,
-            isolation: None,
-            per_desktop: Vec::new(),
-            error_samples: Vec::new(),
+            ..Report::default()
         };
         let m = report_metrics(&r);
         assert_eq!(m["fence_latency_p99_us"], 9.0);

@@ -434,35 +434,15 @@ mod tests {
             },
         );
         let r = Report {
-            backend: "x".into(),
             desktops: 2,
             profile: "2d".into(),
             fence_mode: "global".into(),
-            scenario: "none".into(),
             duration_s: 1.0,
-            commands: 400,
-            commands_per_s: 400.0,
             frames: 120,
             frames_per_s: 120.0,
             fences: 120,
-            fences_lost: 0,
-            stressed_fences_pending: 0,
-            errors: 0,
-            reconnects: 0,
-            lost_state_answers: 0,
-            fences_completed_twice: 0,
-            fences_out_of_order: 0,
-            fence_latency_us: Default::default(),
-            fence_overhead_us: Default::default(),
-            max_stall_ms: 0.0,
-            stalls_over_50ms: 0,
             frames_delivered: 0,
-            frames_merged: 0,
-            pixel_bytes_copied_per_frame: None,
-            pixels_bad: 0,
-            isolation: None,
-            per_desktop: Vec::new(),
-            error_samples: Vec::new(),
+            ..Report::default()
         };
         let s = shortcomings(&plan, &r);
         assert_eq!(s.len(), 1, "{s:?}");

@@ -69,7 +69,7 @@ pub struct DesktopReport {
 }
 
 /// The JSON object of a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Report {
     pub backend: String,
     pub desktops: usize,

@@ -70,6 +70,20 @@ pub struct VirglBox {
     pub d: u32,
 }
 
+impl VirglBox {
+    /// A 2D rectangle: layer 0, depth 1.
+    pub fn of_rect(r: crate::protocol::Rect) -> VirglBox {
+        VirglBox {
+            x: r.x,
+            y: r.y,
+            z: 0,
+            w: r.width,
+            h: r.height,
+            d: 1,
+        }
+    }
+}
+
 #[link(name = "virglrenderer")]
 extern "C" {
     pub fn virgl_renderer_init(cookie: *mut c_void, flags: c_int, cbs: *mut Callbacks) -> c_int;

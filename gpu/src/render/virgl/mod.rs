@@ -789,14 +789,7 @@ impl Renderer for Virgl {
         if !rect.fits_within(e.width, e.height) {
             return Err(ProtocolError::RectOutsideResource);
         }
-        let b = ffi::VirglBox {
-            x: rect.x,
-            y: rect.y,
-            z: 0,
-            w: rect.width,
-            h: rect.height,
-            d: 1,
-        };
+        let b = ffi::VirglBox::of_rect(rect);
         // Stride 0: rows as wide as the resource, as QEMU does.
         self.transfer(id, 0, b, 0, 0, 0, offset, true, backing, mem)
     }
@@ -851,14 +844,7 @@ impl Renderer for Virgl {
             iov_base: out[start..].as_mut_ptr().cast::<c_void>(),
             iov_len: len,
         };
-        let mut b = ffi::VirglBox {
-            x: rect.x,
-            y: rect.y,
-            z: 0,
-            w: rect.width,
-            h: rect.height,
-            d: 1,
-        };
+        let mut b = ffi::VirglBox::of_rect(rect);
         // SAFETY: on the init thread; the iovec is `len` bytes of `out`,
         // borrowed for the call; the library writes at most the box's rows
         // at `row` bytes each (it checks that against the iovec length).

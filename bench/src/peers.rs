@@ -16,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpu::device::DeviceConfig;
 use loadgen::report::Report;
 use loadgen::run::{self, Backend, StartError};
 use loadgen::scenario::{FenceMode, Plan, Profile};
@@ -144,18 +143,11 @@ fn start(
         }
         Peer::Reactor2d => {
             let backend = Arc::new(
-                gpu::vhost::Backend::start(gpu::vhost::BackendOptions {
+                gpu::vhost::Backend::start(run::backend_options(
+                    plan,
                     shards,
-                    device: DeviceConfig {
-                        num_scanouts: plan.scanouts.clamp(1, 16),
-                        width: plan.width,
-                        height: plan.height,
-                        ..DeviceConfig::default()
-                    },
-                    renderer: Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory),
-                    host_visible_region: (plan.desktops as u64 + 1) << 20,
-                    ..gpu::vhost::BackendOptions::default()
-                })
+                    Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory),
+                ))
                 .map_err(|e| format!("cannot start: {e}"))?,
             );
             let sock = scratch_socket(&tag)?;

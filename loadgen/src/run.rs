@@ -72,6 +72,33 @@ pub fn guest_ram_bytes(plan: &Plan) -> u64 {
     (frame * plan.desktops as u64 + (64 << 20)).next_power_of_two()
 }
 
+/// The device a plan's desktops need: a scanout each (up to 16) at the
+/// plan's size.
+fn device_config(plan: &Plan) -> DeviceConfig {
+    DeviceConfig {
+        num_scanouts: plan.scanouts.clamp(1, 16),
+        width: plan.width,
+        height: plan.height,
+        ..DeviceConfig::default()
+    }
+}
+
+/// gpu-reactor's vhost-user backend as a plan needs it, with `renderer`.
+pub fn backend_options(
+    plan: &Plan,
+    shards: usize,
+    renderer: Arc<dyn gpu::render::RendererFactory>,
+) -> gpu::vhost::BackendOptions {
+    gpu::vhost::BackendOptions {
+        shards,
+        device: device_config(plan),
+        host_visible_region: (plan.desktops as u64 + 1) << 20,
+        renderer,
+        latency_slice: plan.latency_slice,
+        ..gpu::vhost::BackendOptions::default()
+    }
+}
+
 /// The frontend options a plan needs (features, display, host-visible region).
 pub fn vhost_options(plan: &Plan) -> VhostOptions {
     use gpu::protocol::wire::*;
@@ -127,12 +154,7 @@ impl Backend {
         let display = Arc::new(CheckingDisplay::default());
         let opts = DirectOptions {
             shards,
-            config: DeviceConfig {
-                num_scanouts: plan.scanouts.clamp(1, 16),
-                width: plan.width,
-                height: plan.height,
-                ..DeviceConfig::default()
-            },
+            config: device_config(plan),
             blob_delay: plan.scenario.vmm_map_delay(),
             blob_region: (plan.desktops as u64 + 1) << 20,
             guest_ram: guest_ram_bytes(plan),
@@ -165,20 +187,8 @@ impl Backend {
             ));
         }
         let backend = Arc::new(
-            gpu::vhost::Backend::start(gpu::vhost::BackendOptions {
-                shards,
-                device: DeviceConfig {
-                    num_scanouts: plan.scanouts.clamp(1, 16),
-                    width: plan.width,
-                    height: plan.height,
-                    ..DeviceConfig::default()
-                },
-                host_visible_region: (plan.desktops as u64 + 1) << 20,
-                renderer,
-                latency_slice: plan.latency_slice,
-                ..gpu::vhost::BackendOptions::default()
-            })
-            .map_err(StartError::Io)?,
+            gpu::vhost::Backend::start(backend_options(plan, shards, renderer))
+                .map_err(StartError::Io)?,
         );
         let (ours, theirs) = UnixStream::pair().map_err(StartError::Io)?;
         let b = backend.clone();

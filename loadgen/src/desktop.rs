@@ -334,6 +334,24 @@ impl Desktop {
         }
     }
 
+    /// Puts one of this frame's fenced commands (`gpu`: its modelled GPU
+    /// time) on the control queue.
+    fn put_fenced(
+        &mut self,
+        sh: &mut Shared<'_>,
+        req: Request,
+        gpu: Duration,
+    ) -> Result<(), GpuDriverError> {
+        let req = self.fence(sh, req);
+        let fence = *sh.next_fence;
+        let cmd = Cmd::Fenced {
+            frame: self.frame,
+            gpu,
+            fence,
+        };
+        self.put(sh, Queue::Control, &req, cmd)
+    }
+
     fn fence(&self, sh: &mut Shared<'_>, req: Request) -> Request {
         *sh.next_fence += 1;
         let req = req.with_fence(*sh.next_fence);
@@ -578,18 +596,7 @@ impl Desktop {
             };
             let hang = hang && plan.render == RenderMode::Sim;
             let submit = Request::new(GpuCommand::Submit3d(Submit3d { data })).with_ctx(self.ctx);
-            let submit = self.fence(sh, submit);
-            let fence = *sh.next_fence;
-            self.put(
-                sh,
-                Queue::Control,
-                &submit,
-                Cmd::Fenced {
-                    frame: self.frame,
-                    gpu,
-                    fence,
-                },
-            )?;
+            self.put_fenced(sh, submit, gpu)?;
             fenced += 1;
             self.hung |= hang;
         } else {
@@ -615,18 +622,7 @@ impl Desktop {
             // context's commands in order, not commands across contexts.
             flush = flush.with_ctx(self.ctx);
         }
-        let flush = self.fence(sh, flush);
-        let fence = *sh.next_fence;
-        self.put(
-            sh,
-            Queue::Control,
-            &flush,
-            Cmd::Fenced {
-                frame: self.frame,
-                gpu,
-                fence,
-            },
-        )?;
+        self.put_fenced(sh, flush, gpu)?;
         fenced += 1;
         if let Some(s) = self.scanout {
             let mv = Request::new(GpuCommand::MoveCursor(CursorUpdate {

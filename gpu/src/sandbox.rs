@@ -243,6 +243,8 @@ fn allowed(profile: Profile) -> Vec<Allow> {
             #[cfg(target_arch = "x86_64")]
             any(SYS_mkdir),
             any(SYS_mkdirat),
+            // Mesa 25 sizes llvmpipe's caches from the machine's memory.
+            any(SYS_sysinfo),
             any(SYS_getuid),
             any(SYS_geteuid),
             any(SYS_getgid),

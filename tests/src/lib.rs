@@ -1,6 +1,9 @@
 //! End-to-end tests live in `tests/tests/`; this holds what several of
 //! them share.
 
+pub mod guest3d;
+pub mod qemu;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +31,13 @@ pub fn gpu_reactor_binary() -> PathBuf {
             .unwrap_or_else(|| PathBuf::from(option_env!("CARGO").unwrap_or("cargo")));
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "gpu", "--bin", "gpu-reactor"])
+            // The virgl tests (and the 3D guest) need the virgl renderer.
+            .args(
+                cfg!(feature = "virgl")
+                    .then_some(["--features", "virgl"])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("CARGO_TARGET_DIR", target_dir)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         if profile_dir.file_name().is_some_and(|n| n == "release") {

@@ -289,12 +289,13 @@ fn run_command(
         }
         GpuCommand::ResourceAttachBacking(a) => {
             let id = a.resource_id.0;
-            let backing = Backing::new(a.entries.clone(), &env.mem.memory())?;
-            let res = resource(st, id)?;
-            if res.backing.is_some() {
+            let mem = env.mem.memory();
+            let backing = Backing::new(a.entries.clone(), &mem)?;
+            if resource(st, id)?.backing.is_some() {
                 return Err(ProtocolError::BackingAlreadyAttached(id));
             }
-            res.backing = Some(backing);
+            st.renderer.attach_backing(id, &backing, &mem)?;
+            resource(st, id)?.backing = Some(backing);
             ok
         }
         GpuCommand::ResourceDetachBacking(r) => {

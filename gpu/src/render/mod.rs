@@ -102,8 +102,23 @@ pub trait Renderer {
 
     fn create_resource(&mut self, id: u32, kind: &ResourceKind) -> Result<(), ProtocolError>;
     fn destroy_resource(&mut self, id: u32);
+    /// `RESOURCE_ATTACH_BACKING`: `id` has `backing` now (checked against
+    /// `mem`). A renderer whose command streams name a resource's guest
+    /// pages themselves (virgl: TRANSFER3D inside SUBMIT_3D) keeps them
+    /// until [`detach_backing`](Renderer::detach_backing) or
+    /// [`destroy_resource`](Renderer::destroy_resource); the others need
+    /// nothing (transfers hand them the backing).
+    fn attach_backing(
+        &mut self,
+        _id: u32,
+        _backing: &Backing,
+        _mem: &GuestMem,
+    ) -> Result<(), ProtocolError> {
+        Ok(())
+    }
     /// `RESOURCE_DETACH_BACKING` is about to drop `id`'s backing: a
-    /// renderer that still reads transferred pixels from it copies them now.
+    /// renderer that still reads transferred pixels from it copies them now,
+    /// and one that kept it lets go.
     fn detach_backing(&mut self, _id: u32) -> Result<(), ProtocolError> {
         Ok(())
     }

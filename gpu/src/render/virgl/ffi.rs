@@ -110,6 +110,20 @@ extern "C" {
         num_iovs: u32,
     ) -> c_int;
     pub fn virgl_renderer_resource_unref(res_handle: u32);
+    /// Keeps `iov` (the pointer, not a copy) as the resource's backing
+    /// until `detach_iov`: the array and the memory it names must outlive
+    /// that.
+    pub fn virgl_renderer_resource_attach_iov(
+        res_handle: c_int,
+        iov: *mut libc::iovec,
+        num_iovs: c_int,
+    ) -> c_int;
+    /// Forgets the backing, handing back the array `attach_iov` was given.
+    pub fn virgl_renderer_resource_detach_iov(
+        res_handle: c_int,
+        iov: *mut *mut libc::iovec,
+        num_iovs: *mut c_int,
+    );
 
     pub fn virgl_renderer_submit_cmd(buffer: *mut c_void, ctx_id: c_int, ndw: c_int) -> c_int;
 

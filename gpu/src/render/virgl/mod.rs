@@ -15,8 +15,15 @@
 //! `write_context_fence` on this thread; those complete the waiting
 //! [`GpuWait`]s. There is no poll timer.
 //!
-//! Guest memory is never handed to the library to keep: transfers resolve
-//! the resource's backing to host iovecs for the length of one call.
+//! Guest memory: a resource's backing (`RESOURCE_ATTACH_BACKING`) is handed
+//! to the library as host iovecs it keeps (`attach_iov`) until the backing
+//! is detached or the resource goes, because the guest's own command
+//! streams name it: Mesa's virgl driver puts `TRANSFER3D` (and inline
+//! writes) into SUBMIT_3D, which the library resolves against the
+//! attached iovecs. The [`Attached`] record keeps the iovec array and the
+//! guest memory mapping it points into alive for exactly that long.
+//! Explicit transfers (`TRANSFER_*_3D`) still resolve the backing afresh
+//! for the length of one call.
 
 mod ffi;
 pub mod pool;
@@ -436,11 +443,23 @@ struct Extent {
     height: u32,
 }
 
+/// A backing the library holds (`attach_iov`): the iovec array it keeps a
+/// pointer to, and the guest memory those iovecs point into. Both live
+/// until `detach_iov` has been called for the resource (see
+/// [`Virgl::detach_iov`]): a later memory table from the VMM replaces the
+/// device's view but cannot unmap what this still holds.
+struct Attached {
+    iovecs: Box<[libc::iovec]>,
+    _guards: Vec<PtrGuardMut>,
+    _mem: GuestMem,
+}
+
 /// The `virgl` renderer instance of the render shard.
 pub struct Virgl {
     lib: Rc<Library>,
     contexts: HashSet<u32>,
     resources: HashMap<u32, Extent>,
+    attached: HashMap<u32, Attached>,
 }
 
 impl Virgl {
@@ -451,7 +470,25 @@ impl Virgl {
             lib: Library::open()?,
             contexts: HashSet::new(),
             resources: HashMap::new(),
+            attached: HashMap::new(),
         })
+    }
+
+    /// Takes resource `id`'s backing back from the library, if it has one,
+    /// and only then frees the iovecs and lets go of the mapping.
+    fn detach_iov(&mut self, id: u32) {
+        let Some(mut held) = self.attached.remove(&id) else {
+            return;
+        };
+        let mut iov: *mut libc::iovec = std::ptr::null_mut();
+        let mut n: c_int = 0;
+        // SAFETY: on the init thread; `id` is a resource we attached
+        // `held.iovecs` to (ids fit in c_int: the library keys them as int
+        // on this call). After it returns the library no longer points at
+        // the array, which `held` frees below.
+        unsafe { ffi::virgl_renderer_resource_detach_iov(id as c_int, &mut iov, &mut n) };
+        debug_assert!(iov.is_null() || std::ptr::eq(iov, held.iovecs.as_mut_ptr()));
+        drop(held);
     }
 
     fn extent(&self, id: u32) -> Result<Extent, ProtocolError> {
@@ -496,7 +533,13 @@ impl Virgl {
         mem: &GuestMem,
     ) -> Result<(), ProtocolError> {
         self.extent(id)?;
-        let (mut iovecs, guards) = backing_iovecs(backing, mem, to_host)?;
+        // To the host the library reads guest pages; from it, it writes them.
+        let access = if to_host {
+            Permissions::Read
+        } else {
+            Permissions::Write
+        };
+        let (mut iovecs, guards) = backing_iovecs(backing, mem, access)?;
         let mut b = b;
         let n = iovecs.len();
         // SAFETY: on the init thread. The iovecs point into guest memory
@@ -556,9 +599,9 @@ impl Drop for Virgl {
             unsafe { ffi::virgl_renderer_context_destroy(ctx) };
             self.lib.book.complete_all(Some(Timeline::Context(ctx)));
         }
-        for (id, _) in self.resources.drain() {
-            // SAFETY: on the init thread; a resource we created.
-            unsafe { ffi::virgl_renderer_resource_unref(id) };
+        let ids: Vec<u32> = self.resources.keys().copied().collect();
+        for id in ids {
+            self.destroy_resource(id);
         }
     }
 }
@@ -578,14 +621,8 @@ fn check(op: &'static str, id: u32, rc: c_int) -> Result<(), ProtocolError> {
 fn backing_iovecs(
     backing: &Backing,
     mem: &GuestMem,
-    to_host: bool,
+    access: Permissions,
 ) -> Result<(Vec<libc::iovec>, Vec<PtrGuardMut>), ProtocolError> {
-    // To the host the library reads guest pages; from it, it writes them.
-    let access = if to_host {
-        Permissions::Read
-    } else {
-        Permissions::Write
-    };
     let mut iovecs = Vec::with_capacity(backing.entries().len());
     let mut guards = Vec::with_capacity(backing.entries().len());
     for e in backing.entries() {
@@ -772,9 +809,48 @@ impl Renderer for Virgl {
 
     fn destroy_resource(&mut self, id: u32) {
         if self.resources.remove(&id).is_some() {
+            self.detach_iov(id);
             // SAFETY: on the init thread; a resource we created.
             unsafe { ffi::virgl_renderer_resource_unref(id) };
         }
+    }
+
+    fn attach_backing(
+        &mut self,
+        id: u32,
+        backing: &Backing,
+        mem: &GuestMem,
+    ) -> Result<(), ProtocolError> {
+        self.extent(id)?;
+        // The library keeps the first backing it was given: replace ours.
+        self.detach_iov(id);
+        let (iovecs, guards) = backing_iovecs(backing, mem, Permissions::ReadWrite)?;
+        let n = c_int::try_from(iovecs.len()).map_err(|_| ProtocolError::OutOfMemory {
+            requested: iovecs.len() as u64,
+        })?;
+        let mut held = Attached {
+            iovecs: iovecs.into_boxed_slice(),
+            _guards: guards,
+            _mem: mem.clone(),
+        };
+        // SAFETY: on the init thread; a resource we created. The library
+        // keeps the array pointer: the boxed slice does not move when
+        // `held` does, and `held` lives in `attached` until `detach_iov`
+        // has taken the pointer back. The iovecs point into guest memory
+        // mapped by `held._mem`'s regions, which stay mapped while it is
+        // held. The guest may write those pages at any time; the library
+        // only copies from and to them.
+        let rc = unsafe {
+            ffi::virgl_renderer_resource_attach_iov(id as c_int, held.iovecs.as_mut_ptr(), n)
+        };
+        check("attach_iov", id, rc)?;
+        self.attached.insert(id, held);
+        Ok(())
+    }
+
+    fn detach_backing(&mut self, id: u32) -> Result<(), ProtocolError> {
+        self.detach_iov(id);
+        Ok(())
     }
 
     fn transfer_to_host_2d(

@@ -816,6 +816,10 @@ struct PoolResource {
     height: u32,
     kind: ResourceKind,
     home: Option<Placed>,
+    /// The guest's backing, and the memory it was checked against: given
+    /// to the worker with the resource (see `Pool::place`), since the
+    /// library must hold it wherever its command streams may name it.
+    backing: Option<(Vec<crate::protocol::MemEntry>, GuestMem)>,
 }
 
 /// All workers of one device instance.
@@ -887,13 +891,26 @@ impl Pool {
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownResource(id))?;
         r.home = Some(p);
-        let wait = link.borrow_mut().request(
+        let mut l = link.borrow_mut();
+        let mut wait = l.request(
             Request::ResCreate {
                 id,
                 kind: r.kind.clone(),
             },
             id,
         );
+        if let Some((entries, mem)) = &r.backing {
+            l.share_memory(mem)?;
+            // Replies come in order: the last one answers for both.
+            wait = l.request(
+                Request::AttachBacking {
+                    id,
+                    entries: entries.clone(),
+                },
+                id,
+            );
+        }
+        drop(l);
         Ok((p, link, Some(wait)))
     }
 
@@ -1233,6 +1250,7 @@ impl Renderer for WorkerPool {
                 height,
                 kind: kind.clone(),
                 home: None,
+                backing: None,
             },
         );
         Ok(())
@@ -1247,6 +1265,50 @@ impl Renderer for WorkerPool {
             link.borrow_mut()
                 .send(Request::ResDestroy(id), Vec::new(), id, OwedKind::Nothing);
         }
+    }
+
+    fn attach_backing(
+        &mut self,
+        id: u32,
+        backing: &Backing,
+        mem: &GuestMem,
+    ) -> Result<(), ProtocolError> {
+        let mut p = self.pool.borrow_mut();
+        let r = p
+            .resources
+            .get_mut(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
+        r.backing = Some((backing.entries().to_vec(), mem.clone()));
+        // Not on a worker yet: it gets the backing when it is placed.
+        let Some(home) = r.home else { return Ok(()) };
+        let link = p.link(home).ok_or(ProtocolError::RenderWorkerLost(id))?;
+        drop(p);
+        let mut l = link.borrow_mut();
+        l.share_memory(mem)?;
+        let wait = l.request(
+            Request::AttachBacking {
+                id,
+                entries: backing.entries().to_vec(),
+            },
+            id,
+        );
+        drop(l);
+        self.owe(Some(wait));
+        Ok(())
+    }
+
+    fn detach_backing(&mut self, id: u32) -> Result<(), ProtocolError> {
+        let mut p = self.pool.borrow_mut();
+        let Some(r) = p.resources.get_mut(&id) else {
+            return Ok(());
+        };
+        r.backing = None;
+        if let Some(link) = r.home.and_then(|h| p.link(h)) {
+            let wait = link.borrow_mut().request(Request::DetachBacking(id), id);
+            drop(p);
+            self.owe(Some(wait));
+        }
+        Ok(())
     }
 
     fn transfer_to_host_2d(

@@ -79,6 +79,13 @@ pub enum Request {
         rect: Rect,
         shm_offset: u64,
     },
+    /// `id`'s backing, kept by the library until detached (its command
+    /// streams name these guest pages).
+    AttachBacking {
+        id: u32,
+        entries: Vec<MemEntry>,
+    },
+    DetachBacking(u32),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +219,8 @@ const FENCE: u8 = 9;
 const TRANSFER_2D: u8 = 10;
 const TRANSFER_3D: u8 = 11;
 const READ_RECT: u8 = 12;
+const ATTACH_BACKING: u8 = 13;
+const DETACH_BACKING: u8 = 14;
 
 const READY: u8 = 100;
 const REPLY: u8 = 101;
@@ -332,6 +341,14 @@ pub fn encode_request(seq: u64, req: &Request) -> Vec<u8> {
             tag(&mut w, READ_RECT);
             w.u32(*id).rect(*rect).u64(*shm_offset);
         }
+        Request::AttachBacking { id, entries } => {
+            tag(&mut w, ATTACH_BACKING);
+            w.u32(*id).entries(entries);
+        }
+        Request::DetachBacking(id) => {
+            tag(&mut w, DETACH_BACKING);
+            w.u32(*id);
+        }
     }
     w.frame()
 }
@@ -446,6 +463,11 @@ pub fn decode_request(body: &[u8]) -> Result<(u64, Request), WireError> {
             rect: r.rect()?,
             shm_offset: r.u64()?,
         },
+        ATTACH_BACKING => Request::AttachBacking {
+            id: r.u32()?,
+            entries: r.entries()?,
+        },
+        DETACH_BACKING => Request::DetachBacking(r.u32()?),
         _ => return Err(WireError("unknown request")),
     };
     r.end()?;
@@ -581,6 +603,20 @@ mod tests {
             rect: Rect::new(0, 0, 4, 2),
             shm_offset: 4096,
         });
+        round_trip(Request::AttachBacking {
+            id: 9,
+            entries: vec![
+                MemEntry {
+                    addr: 0x2000,
+                    length: 4096,
+                },
+                MemEntry {
+                    addr: 0x8000,
+                    length: 16,
+                },
+            ],
+        });
+        round_trip(Request::DetachBacking(9));
     }
 
     #[test]

@@ -236,6 +236,11 @@ fn handle(
             let backing = Backing::new(entries, mem)?;
             v.transfer_3d(ctx, &t, to_host, &backing, mem)
         }
+        Request::AttachBacking { id, entries } => {
+            let backing = Backing::new(entries, mem)?;
+            v.attach_backing(id, &backing, mem)
+        }
+        Request::DetachBacking(id) => v.detach_backing(id),
         Request::ReadRect {
             id,
             rect,

@@ -1,0 +1,568 @@
+//! The real 3D guest: a Linux guest running the host's Mesa (virgl driver)
+//! and GL clients, booted in QEMU 10 on a vhost-user GPU backend
+//! (`tests/tests/guest3d.rs`; `bench guest3d` runs it against QEMU's own
+//! `virtio-gpu-gl-pci` too).
+//!
+//! The initramfs holds busybox, the virtio_gpu modules, `tests/guest/init3d`,
+//! `tests/guest/glclient.c` (built here, dynamically linked), kmscube and
+//! glmark2-es2-drm, and every shared object they and Mesa load, at the
+//! host's paths (the `ldd` closure plus what Mesa opens by name: glvnd's
+//! vendor file and `libEGL_mesa`, `dri/virtio_gpu_dri.so`, `gbm/dri_gbm.so`).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::qemu::{
+    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, Cpio, Guard, Host, Ppm, Qmp, BUSYBOX,
+    SHORT_LIMIT,
+};
+
+const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// What Mesa and glvnd open by name, beside the `ldd` closure.
+const MESA_DLOPENED: &[&str] = &[
+    "libEGL_mesa.so.0",
+    "dri/virtio_gpu_dri.so",
+    "gbm/dri_gbm.so",
+];
+const MESA_FILES: &[&str] = &["/usr/share/glvnd/egl_vendor.d/50_mesa.json"];
+/// Clients no one here wrote (Debian packages).
+const CLIENTS: &[&str] = &["/usr/bin/kmscube", "/usr/bin/glmark2-es2-drm"];
+
+/// Builds the 3D guest's initramfs in `dir`.
+pub fn build_image(host: &Host, dir: &Path) -> PathBuf {
+    let glclient = gcc(
+        dir,
+        "glclient",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/guest/glclient.c"),
+        &["-ldrm", "-lgbm", "-lEGL", "-lGLESv2"],
+    );
+    let mut cpio = Cpio::default();
+    let mut tree = Tree::default();
+    for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
+        cpio.dir(d);
+    }
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.file("init", 0o755, include_bytes!("../guest/init3d"));
+    cpio.file("bin/busybox", 0o755, &fs::read(BUSYBOX).unwrap());
+    cpio.file("glclient", 0o755, &fs::read(&glclient).unwrap());
+
+    let mut objects: Vec<PathBuf> = CLIENTS.iter().map(PathBuf::from).collect();
+    objects.push(glclient.clone());
+    for lib in MESA_DLOPENED {
+        let p = Path::new(LIBDIR).join(lib);
+        assert!(
+            p.exists(),
+            "{} is missing: the 3D guest needs the host's Mesa (tests/run installs it)",
+            p.display()
+        );
+        objects.push(p);
+    }
+    for c in CLIENTS {
+        assert!(
+            Path::new(c).exists(),
+            "{c} is missing (tests/run installs kmscube and glmark2-es2-drm)"
+        );
+    }
+    let closure = ldd_closure(&objects);
+    let mut files: BTreeSet<PathBuf> = closure;
+    files.extend(CLIENTS.iter().map(PathBuf::from));
+    files.extend(MESA_FILES.iter().map(PathBuf::from));
+    for lib in MESA_DLOPENED {
+        files.insert(Path::new(LIBDIR).join(lib));
+    }
+    files.remove(&glclient);
+    let mut bytes = 0u64;
+    for f in &files {
+        bytes += tree.add(&mut cpio, f);
+    }
+    // glmark2's models, shaders and textures.
+    for f in walk(Path::new("/usr/share/glmark2")) {
+        bytes += tree.add(&mut cpio, &f);
+    }
+    // The modules at /lib/modules, wherever /lib leads (after the
+    // libraries made it).
+    tree.real_dir(&mut cpio, Path::new("/lib/modules"));
+    add_guest_modules(&mut cpio, &host.kver);
+    println!(
+        "3D guest: {} host files ({} MB) with glclient, kmscube, glmark2-es2-drm and Mesa",
+        files.len(),
+        bytes >> 20
+    );
+    let path = dir.join("initramfs3d.cpio.gz");
+    gzip_to(&cpio.finish(), &path);
+    path
+}
+
+/// Every shared object `objects` load, by `ldd` (recursively: what a
+/// dlopened library needs too), with the dynamic loader.
+fn ldd_closure(objects: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<PathBuf> = objects.to_vec();
+    while let Some(o) = todo.pop() {
+        let out = Command::new("ldd")
+            .arg(&o)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run ldd");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for l in text.lines() {
+            // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = match l.split_once("=>") {
+                Some((_, r)) => r.split_whitespace().next(),
+                None => l.split_whitespace().next().filter(|p| p.starts_with('/')),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                let p = PathBuf::from(p);
+                if seen.insert(p.clone()) {
+                    todo.push(p);
+                }
+            }
+        }
+    }
+    seen
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The archive's view of the host's tree: directories made, symlinks and
+/// files added (by their path in the archive).
+#[derive(Default)]
+struct Tree {
+    made: BTreeSet<PathBuf>,
+}
+
+impl Tree {
+    /// Makes `dir` (a path without symlinks) and its parents.
+    fn dir(&mut self, cpio: &mut Cpio, dir: &Path) {
+        let mut at = PathBuf::new();
+        for c in dir.components().skip(1) {
+            at.push(c);
+            if self.made.insert(at.clone()) {
+                cpio.dir(&at.to_string_lossy());
+            }
+        }
+    }
+
+    /// Makes directory `dir` as on the host: each symlinked directory on
+    /// the way as its symlink (`/lib64` → `usr/lib64`) beside the real
+    /// one. Returns the real path.
+    fn real_dir(&mut self, cpio: &mut Cpio, dir: &Path) -> PathBuf {
+        let mut at = PathBuf::from("/");
+        for c in dir.components().skip(1) {
+            at.push(c);
+            if let Ok(target) = fs::read_link(&at) {
+                let rel = at.strip_prefix("/").unwrap().to_path_buf();
+                let real =
+                    fs::canonicalize(&at).unwrap_or_else(|e| panic!("{}: {e}", at.display()));
+                self.dir(cpio, &real);
+                if self.made.insert(rel.clone()) {
+                    cpio.symlink(&rel.to_string_lossy(), &target.to_string_lossy());
+                }
+                at = real;
+            }
+        }
+        self.dir(cpio, &at);
+        at
+    }
+
+    /// `path` into the archive at the same place, as on the host: each
+    /// symlinked directory on the way as its symlink (`/lib64` →
+    /// `usr/lib64`), the file in its real directory, a symlinked file as
+    /// its symlink and its target. Returns the bytes of file data added.
+    fn add(&mut self, cpio: &mut Cpio, path: &Path) -> u64 {
+        let at = self.real_dir(cpio, path.parent().unwrap_or(Path::new("/")));
+        let Some(name) = path.file_name() else {
+            return 0;
+        };
+        let real = at.join(name);
+        let rel = real.strip_prefix("/").unwrap().to_path_buf();
+        if !self.made.insert(rel.clone()) {
+            return 0;
+        }
+        match fs::read_link(&real) {
+            Ok(target) => {
+                cpio.symlink(&rel.to_string_lossy(), &target.to_string_lossy());
+                self.add(cpio, &at.join(&target))
+            }
+            Err(_) => {
+                let data = fs::read(&real).unwrap_or_else(|e| panic!("{}: {e}", real.display()));
+                cpio.file(&rel.to_string_lossy(), 0o755, &data);
+                data.len() as u64
+            }
+        }
+    }
+}
+
+/// The backend a 3D guest runs on.
+pub enum Backend {
+    /// `gpu-reactor --renderer virgl` on a vhost-user socket.
+    GpuReactor {
+        bin: PathBuf,
+        /// `--render-workers`; `None`: the daemon's default.
+        workers: Option<usize>,
+    },
+}
+
+/// What the guest runs (`tests/guest/init3d`).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub run: &'static str,
+    pub n: u32,
+    pub secs: u32,
+    /// QEMU's `max_outputs` and gpu-reactor's `--outputs`.
+    pub outputs: u32,
+    /// KMS heads whose last frame the host checks by screendump.
+    pub kms_heads: u32,
+}
+
+/// One client's report (`GLCLIENT-JSON`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientReport {
+    pub id: i64,
+    pub head: i64,
+    pub frames: u64,
+    pub fps: f64,
+    pub finish_p50_us: f64,
+    pub finish_p99_us: f64,
+    pub max_gap_ms: f64,
+    pub readbacks: u64,
+    pub readback_errors: u64,
+    pub flip_errors: u64,
+}
+
+impl ClientReport {
+    fn parse(json: &str) -> Option<ClientReport> {
+        let num = |k: &str| -> Option<f64> {
+            let at = json.find(&format!("\"{k}\":"))? + k.len() + 3;
+            let rest = &json[at..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            rest[..end].trim().parse().ok()
+        };
+        Some(ClientReport {
+            id: num("id")? as i64,
+            head: num("head")? as i64,
+            frames: num("frames")? as u64,
+            fps: num("fps")?,
+            finish_p50_us: num("finish_p50_us")?,
+            finish_p99_us: num("finish_p99_us")?,
+            max_gap_ms: num("max_gap_ms")?,
+            readbacks: num("readbacks")? as u64,
+            readback_errors: num("readback_errors")? as u64,
+            flip_errors: num("flip_errors")? as u64,
+        })
+    }
+}
+
+/// A head's last frame: the guest's hash of it and the screendump's.
+#[derive(Debug, Clone)]
+pub struct HeadCheck {
+    pub head: u32,
+    pub width: u32,
+    pub height: u32,
+    pub guest_fnv: u64,
+    pub screen_fnv: u64,
+}
+
+/// What one boot showed.
+pub struct Outcome {
+    pub serial: String,
+    pub backend_log: String,
+    pub clients: Vec<ClientReport>,
+    pub heads: Vec<HeadCheck>,
+    /// `*ERROR*` lines in the guest kernel's log.
+    pub kernel_errors: u64,
+    /// Exit lines (`G3D-EXIT name status`) of every client.
+    pub exits: Vec<(String, i32)>,
+    pub metrics: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Lines of the backend's log that report a virgl context error.
+    pub fn context_errors(&self) -> Vec<&str> {
+        self.backend_log
+            .lines()
+            .filter(|l| l.contains("context error") || l.contains("Illegal"))
+            .collect()
+    }
+
+    pub fn serial_lines(&self, prefix: &str) -> Vec<&str> {
+        self.serial
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::trim_end)
+            .collect()
+    }
+}
+
+/// Boots the guest on `backend`, waits for it to finish `plan` (bounded by
+/// `limit`), checks each KMS head's screendump against the guest's hash of
+/// its last frame while the client holds it, and stops everything.
+pub fn run(
+    host: &Host,
+    initrd: &Path,
+    backend: &Backend,
+    plan: &Plan,
+    dir: &Path,
+    limit: Duration,
+) -> Result<Outcome, String> {
+    let start = Instant::now();
+    let deadline = start + limit;
+    fs::create_dir_all(dir).unwrap();
+    let sock = dir.join("gpu.sock");
+    let serial = dir.join("serial.log");
+    let qmp_path = dir.join("qmp.sock");
+    let backend_log = dir.join("backend.log");
+    let qemu_log = dir.join("qemu.log");
+    let logs = |what: &str| -> String {
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+        let tail = |s: String| -> String {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(150)..].join("\n")
+        };
+        format!(
+            "{what}\n==== serial console ({})\n{}\n==== backend log ({}, last lines)\n{}\n==== QEMU log\n{}",
+            serial.display(),
+            read(&serial),
+            backend_log.display(),
+            tail(read(&backend_log)),
+            read(&qemu_log)
+        )
+    };
+
+    let metrics_addr = free_local_addr();
+    let blog = fs::File::create(&backend_log).unwrap();
+    let mut cmd = match backend {
+        Backend::GpuReactor { bin, workers } => {
+            let mut c = Command::new(bin);
+            c.arg("-s").arg(&sock).args(["--renderer", "virgl"]);
+            c.arg("--outputs").arg(plan.outputs.to_string());
+            c.arg("--metrics").arg(metrics_addr.to_string());
+            if let Some(w) = workers {
+                c.arg("--render-workers").arg(w.to_string());
+            }
+            c.env("RUST_LOG", "warn");
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(blog.try_clone().unwrap())
+        .stderr(blog);
+    let mut backend_proc = Guard::spawn("backend", &mut cmd).map_err(|e| logs(&e))?;
+    let sock_deadline = Instant::now() + SHORT_LIMIT;
+    while !sock.exists() {
+        if let Some(st) = backend_proc.exited() {
+            return Err(logs(&format!("the backend exited before listening: {st}")));
+        }
+        if Instant::now() > sock_deadline {
+            return Err(logs("the backend did not create its socket within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let hold = if plan.kms_heads > 0 { 20 } else { 0 };
+    let qlog = fs::File::create(&qemu_log).unwrap();
+    let mut cmd = Command::new(&host.qemu);
+    cmd.args(["-accel", "tcg", "-m", "2048", "-nodefaults", "-vga", "none"])
+        .args(["-display", "none", "-no-reboot"])
+        .args(["-object", "memory-backend-memfd,id=mem,size=2048M,share=on"])
+        .args(["-numa", "node,memdev=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=vgpu,path={}", sock.display()))
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-gpu-pci,chardev=vgpu,id=gpu0,max_outputs={}",
+            plan.outputs
+        ))
+        .arg("-chardev")
+        .arg(format!("file,id=ser0,path={}", serial.display()))
+        .args(["-serial", "chardev:ser0"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .arg("-kernel")
+        .arg(&host.kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 no_timer_check quiet loglevel=4 g3d.run={} g3d.n={} \
+             g3d.secs={} g3d.hold={hold}",
+            plan.run, plan.n, plan.secs
+        ))
+        .stdin(Stdio::null())
+        .stdout(qlog.try_clone().unwrap())
+        .stderr(qlog);
+    let mut qemu = Guard::spawn("qemu", &mut cmd).map_err(|e| logs(&e))?;
+    let mut qmp = Qmp::connect(&qmp_path, deadline).map_err(|e| logs(&e))?;
+
+    let mut heads: Vec<HeadCheck> = Vec::new();
+    loop {
+        let text = fs::read_to_string(&serial).unwrap_or_default();
+        // Each KMS head, once its client has printed its last frame's hash
+        // (it holds that frame on screen for `hold` seconds).
+        for l in text.lines().filter(|l| l.starts_with("GLCLIENT-HASH ")) {
+            let Some(h) = parse_hash(l) else {
+                return Err(logs(&format!("bad line from the guest: {l}")));
+            };
+            if heads.iter().any(|c| c.head == h.head) {
+                continue;
+            }
+            heads.push(screen_check(&mut qmp, dir, h, &logs)?);
+        }
+        if text.lines().any(|l| l.starts_with("G3D-DONE")) {
+            break;
+        }
+        for bad in ["G3D-FAILED", "Kernel panic"] {
+            if let Some(l) = text.lines().find(|l| l.contains(bad)) {
+                return Err(logs(&format!("the guest failed: {l}")));
+            }
+        }
+        if let Some(st) = backend_proc.exited() {
+            return Err(logs(&format!("the backend died under the guest: {st}")));
+        }
+        if let Some(st) = qemu.exited() {
+            return Err(logs(&format!(
+                "QEMU exited before the guest was done: {st}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(logs(&format!(
+                "the guest was not done within {} s",
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = scrape(metrics_addr).ok();
+    let _ = qmp.execute(r#"{"execute":"quit"}"#);
+    drop(qmp);
+    if qemu.wait_exit(SHORT_LIMIT).is_none() {
+        return Err(logs("QEMU did not quit within 10 s"));
+    }
+    backend_proc.terminate();
+    match backend_proc.wait_exit(SHORT_LIMIT) {
+        Some(st) if st.success() => {}
+        Some(st) => return Err(logs(&format!("the backend's exit after SIGTERM: {st}"))),
+        None => return Err(logs("the backend did not exit within 10 s of SIGTERM")),
+    }
+    let serial_text = fs::read_to_string(&serial).unwrap_or_default();
+    let mut clients = Vec::new();
+    for l in serial_text.lines() {
+        if let Some(json) = l.trim_end().strip_prefix("GLCLIENT-JSON ") {
+            clients.push(
+                ClientReport::parse(json)
+                    .ok_or_else(|| logs(&format!("bad client report: {json}")))?,
+            );
+        }
+    }
+    let exits = serial_text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("G3D-EXIT ")?.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+        })
+        .collect();
+    let kernel_errors = serial_text
+        .lines()
+        .find_map(|l| l.strip_prefix("G3D-KERNEL-ERRORS "))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| logs("the guest did not report its kernel errors"))?;
+    Ok(Outcome {
+        serial: serial_text,
+        backend_log: fs::read_to_string(&backend_log).unwrap_or_default(),
+        clients,
+        heads,
+        kernel_errors,
+        exits,
+        metrics,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// `GLCLIENT-HASH id=C head=H WxH fnv=X`.
+fn parse_hash(l: &str) -> Option<HeadCheck> {
+    let mut head = None;
+    let mut dims = None;
+    let mut fnv = None;
+    for f in l.split_whitespace().skip(1) {
+        if let Some(h) = f.strip_prefix("head=") {
+            head = h.parse().ok();
+        } else if let Some(x) = f.strip_prefix("fnv=") {
+            fnv = u64::from_str_radix(x, 16).ok();
+        } else if let Some((w, h)) = f.split_once('x') {
+            dims = Some((w.parse().ok()?, h.parse().ok()?));
+        }
+    }
+    let (width, height) = dims?;
+    Some(HeadCheck {
+        head: head?,
+        width,
+        height,
+        guest_fnv: fnv?,
+        screen_fnv: 0,
+    })
+}
+
+/// Screendumps `h.head` until it shows the guest's last frame (at most 10 s:
+/// the client holds it for 20).
+fn screen_check(
+    qmp: &mut Qmp,
+    dir: &Path,
+    mut h: HeadCheck,
+    logs: &dyn Fn(&str) -> String,
+) -> Result<HeadCheck, String> {
+    let path = dir.join(format!("screen-{}.ppm", h.head));
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = fs::remove_file(&path);
+        qmp.execute(&format!(
+            r#"{{"execute":"screendump","arguments":{{"filename":"{}","device":"gpu0","head":{}}}}}"#,
+            path.display(),
+            h.head
+        ))
+        .map_err(|e| logs(&format!("QMP screendump of head {}: {e}", h.head)))?;
+        let dump = Ppm::read(&path).map_err(|e| logs(&format!("screendump: {e}")))?;
+        h.screen_fnv = crate::qemu::checksum(&dump.rgb);
+        let same_size = (dump.width, dump.height) == (h.width, h.height);
+        if same_size && h.screen_fnv == h.guest_fnv {
+            return Ok(h);
+        }
+        if Instant::now() > until {
+            let keep = dir.join(format!("screen-{}-mismatch.ppm", h.head));
+            let _ = fs::rename(&path, &keep);
+            println!(
+                "head {}: screen {}x{} fnv {:016x}, guest's last frame {}x{} fnv {:016x} \
+                 (kept in {}); first pixels {:02x?}",
+                h.head,
+                dump.width,
+                dump.height,
+                h.screen_fnv,
+                h.width,
+                h.height,
+                h.guest_fnv,
+                keep.display(),
+                &dump.rgb[..dump.rgb.len().min(12)]
+            );
+            return Ok(h);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -99,3 +99,148 @@ fn guest3d_virgl_four_clients_render_and_read_back_exactly() {
     assert_clean(&o, 4, 1);
     work.passed();
 }
+
+/// kmscube (KMS, 120 frames) and three glmark2-es2-drm scenes, Debian's
+/// packages, no one here wrote them: they run to completion, with scores.
+#[test]
+fn guest3d_virgl_kmscube_and_glmark2_run_to_completion() {
+    let host = Host::find();
+    let work = WorkDir::new("gpu-reactor-guest3d-thirdparty");
+    let initrd = guest3d::build_image(&host, work.path());
+    let plan = Plan {
+        run: "thirdparty",
+        n: 1,
+        secs: 0,
+        outputs: 1,
+        kms_heads: 0,
+    };
+    let o = guest3d::run(
+        &host,
+        &initrd,
+        &reactor(None),
+        &plan,
+        &work.sub("run"),
+        LIMIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    report("kmscube and glmark2 on gpu-reactor virgl", &o);
+    for l in o
+        .serial_lines("G3D-KMSCUBE")
+        .iter()
+        .chain(&o.serial_lines("G3D-GLMARK2"))
+    {
+        println!("  {l}");
+    }
+    assert_clean(&o, 0, 0);
+    assert_eq!(
+        o.exits,
+        vec![("kmscube".to_string(), 0), ("glmark2".to_string(), 0)],
+        "{}",
+        o.serial
+    );
+    // "Rendered N frames in S sec (F fps)", last line: N counts from 0.
+    let rendered = o
+        .serial_lines("G3D-KMSCUBE")
+        .iter()
+        .filter_map(|l| {
+            l.split("Rendered ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .last();
+    assert!(
+        rendered.is_some_and(|n| n >= 119),
+        "kmscube did not render its 120 frames ({rendered:?}):\n{}",
+        o.serial
+    );
+    let score = o
+        .serial_lines("G3D-GLMARK2")
+        .iter()
+        .find_map(|l| l.split("glmark2 Score:").nth(1)?.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no glmark2 score:\n{}", o.serial));
+    let scenes = o
+        .serial_lines("G3D-GLMARK2")
+        .iter()
+        .filter(|l| l.contains("FPS:"))
+        .count();
+    assert_eq!(scenes, 3, "glmark2 scenes with an FPS:\n{}", o.serial);
+    println!("glmark2 score {score}");
+    assert!(score > 0);
+    work.passed();
+}
+
+/// The container manager's way: 4 heads (`max_outputs=4`, `--outputs 4`),
+/// each leased (connector + CRTC + primary plane) to its own KMS client
+/// process; every head shows its own client's last frame.
+#[test]
+fn guest3d_virgl_four_leased_heads_show_their_clients_frames() {
+    let host = Host::find();
+    let work = WorkDir::new("gpu-reactor-guest3d-lease");
+    let initrd = guest3d::build_image(&host, work.path());
+    let plan = Plan {
+        run: "lease",
+        n: 4,
+        secs: 10,
+        outputs: 4,
+        kms_heads: 4,
+    };
+    let o = guest3d::run(
+        &host,
+        &initrd,
+        &reactor(None),
+        &plan,
+        &work.sub("run"),
+        LIMIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    report("4 leased heads on gpu-reactor virgl", &o);
+    for l in o.serial_lines("GLCLIENT-LEASE") {
+        println!("  {l}");
+    }
+    assert_eq!(o.serial_lines("GLCLIENT-LEASE").len(), 4, "{}", o.serial);
+    assert_clean(&o, 4, 4);
+    let mut fnvs: Vec<u64> = o.heads.iter().map(|h| h.guest_fnv).collect();
+    fnvs.sort_unstable();
+    fnvs.dedup();
+    assert_eq!(
+        fnvs.len(),
+        4,
+        "each head has its own picture: {:?}",
+        o.heads
+    );
+    work.passed();
+}
+
+/// 16 GL processes, each its own context (1 on KMS, 15 offscreen), 30 s:
+/// no frame gap over 1 s, no error.
+#[test]
+fn guest3d_virgl_sixteen_clients_for_30_s() {
+    let host = Host::find();
+    let work = WorkDir::new("gpu-reactor-guest3d-16");
+    let initrd = guest3d::build_image(&host, work.path());
+    let plan = Plan {
+        run: "clients",
+        n: 16,
+        secs: 30,
+        outputs: 1,
+        kms_heads: 1,
+    };
+    let o = guest3d::run(
+        &host,
+        &initrd,
+        &reactor(None),
+        &plan,
+        &work.sub("run"),
+        LIMIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    report("16 clients on gpu-reactor virgl", &o);
+    assert_clean(&o, 16, 1);
+    for c in &o.clients {
+        assert!(c.max_gap_ms <= 1000.0, "a frame gap over 1 s: {c:?}");
+    }
+    work.passed();
+}

@@ -5,143 +5,22 @@
 //! `--seccomp off` and `log` let the same call through; bad values are
 //! refused.
 
+#[path = "support/seccomp_audit.rs"]
+// Its helpers serve the virgl test; the parser's own test runs in both builds.
+#[cfg_attr(not(feature = "virgl"), allow(dead_code))]
+mod seccomp_audit;
+#[path = "daemon_support.rs"]
+mod support;
+
 use std::fs;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use loadgen::report::Report;
-use loadgen::run::{self, Backend};
 use loadgen::scenario::{Plan, Profile, Scenario};
-
-const DAEMON: &str = env!("CARGO_BIN_EXE_gpu-reactor");
-const DESKTOPS: usize = 4;
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("gpu-reactor-sandbox-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A gpu-reactor process listening on `dir/gpu.sock`, its log in
-/// `dir/daemon.log`; killed if a test fails before stopping it.
-struct Daemon {
-    child: Option<Child>,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, args: &[&str]) -> Daemon {
-        let sock = dir.join("gpu.sock");
-        let log = dir.join("daemon.log");
-        let child = Command::new(DAEMON)
-            .arg("-s")
-            .arg(&sock)
-            .args(["--shards", "2", "--outputs", "4"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child: Some(child),
-            sock,
-            log,
-        };
-        d.wait_listening();
-        d
-    }
-
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self
-            .log_text()
-            .contains("waiting for a vhost-user frontend")
-        {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("gpu-reactor exited at start: {status}\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gpu-reactor did not listen within 30 s:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then its exit status (bounded wait).
-    fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gpu-reactor did not stop on SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn plan(profile: Profile, scenario: Scenario) -> Plan {
-    Plan {
-        desktops: DESKTOPS,
-        scanouts: DESKTOPS as u32,
-        duration: Duration::from_millis(1500),
-        profile,
-        scenario,
-        gpu_cost_us: 500,
-        ..Plan::default()
-    }
-}
-
-/// One loadgen run over the daemon's socket (a VMM session).
-fn run_over_socket(d: &Daemon, plan: &Plan) -> Report {
-    let (backend, driver) = Backend::socket(plan, &d.sock)
-        .unwrap_or_else(|e| panic!("loadgen cannot start: {e:?}\n{}", d.log_text()));
-    run::run(plan, &backend, driver, &mut |_| {})
-}
-
-fn assert_clean(r: &Report, d: &Daemon) {
-    assert_eq!(
-        r.errors,
-        0,
-        "{:?}\ndaemon log:\n{}",
-        r.error_samples,
-        d.log_text()
-    );
-    assert_eq!(r.fences_lost, 0, "{}", r.summary());
-    assert_eq!(r.pixels_bad, 0, "{}", r.summary());
-    assert!(r.frames > 0, "no frames: {}", r.summary());
-    for desk in r.per_desktop.iter().filter(|d| !d.stressed) {
-        assert!(desk.frames > 0, "desktop {} made no frames", desk.desktop);
-    }
-}
+use support::*;
 
 /// Serves every plan as its own session, then stops on SIGTERM with 0.
 fn serve_runs_under_the_filter(renderer: &str, plans: &[Plan]) {
@@ -194,8 +73,11 @@ fn two_d_daemon_under_the_default_filter_serves_runs_and_stops_on_sigterm() {
     );
 }
 
-/// virglrenderer + llvmpipe re-initialised on the render shard after each
-/// device reset, under the filter (run by tests/run's virgl subset).
+/// virglrenderer + llvmpipe in render workers started again after each
+/// device reset, under the filter (run by tests/run's virgl subset). A
+/// worker or daemon the filter kills dies with SIGSYS: the failure then
+/// names the refused system calls from the kernel's audit records, found
+/// by running the same sessions once more under `--seccomp log`.
 #[cfg(feature = "virgl")]
 #[test]
 fn virgl_daemon_under_the_default_filter_serves_real_frames_and_stops_on_sigterm() {
@@ -207,7 +89,18 @@ fn virgl_daemon_under_the_default_filter_serves_real_frames_and_stops_on_sigterm
         height: 200,
         ..plan(Profile::ThreeD, scenario)
     };
-    serve_runs_under_the_filter("virgl", &[real(Scenario::None), real(Scenario::Reset)]);
+    let plans = [real(Scenario::None), real(Scenario::Reset)];
+    seccomp_audit::name_refused_calls_on_failure(
+        DAEMON,
+        || serve_runs_under_the_filter("virgl", &plans),
+        || {
+            let dir = work_dir("virgl-seccomp-log");
+            let d = Daemon::start(&dir, &["--renderer", "virgl", "--seccomp", "log"]);
+            for p in &plans {
+                run_over_socket(&d, p);
+            }
+        },
+    );
 }
 
 /// `--fd` (how libvirt starts backends): the filter is on for the one
@@ -215,61 +108,18 @@ fn virgl_daemon_under_the_default_filter_serves_real_frames_and_stops_on_sigterm
 /// leaves.
 #[test]
 fn fd_mode_under_the_default_filter_serves_a_run_and_exits_0_when_the_vmm_leaves() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
-    use std::os::unix::process::CommandExt;
     let dir = work_dir("fd");
-    let log = dir.join("daemon.log");
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let theirs_fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(DAEMON);
-    cmd.args(["--fd", "3", "--shards", "2", "--outputs", "4"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap());
-    // SAFETY: dup2 is async-signal-safe; it gives the child our socket end
-    // as fd 3 without the close-on-exec flag.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(theirs_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(theirs);
-    let log_text = || fs::read_to_string(&log).unwrap_or_default();
-    let p = plan(Profile::ThreeD, Scenario::None);
-    let ram = loadgen::frontend::GuestRam::new(128 << 20).unwrap();
-    let (frontend, driver) =
-        loadgen::frontend::VhostFrontend::from_stream(ours, ram, run::vhost_options(&p))
-            .unwrap_or_else(|e| panic!("session over --fd: {e:?}\n{}", log_text()));
-    let backend = Backend::from_frontend(frontend, "gpu-reactor --fd");
-    let r = run::run(&p, &backend, driver, &mut |_| {});
-    assert_eq!(r.errors, 0, "{:?}\n{}", r.error_samples, log_text());
-    assert_eq!(r.fences_lost, 0, "{}", r.summary());
-    assert!(r.frames > 0, "{}", r.summary());
+    let mut d = Daemon::start_on_fd(&dir, theirs, 3, &[]);
+    let (backend, r) = run_over_fd(&d, ours, &plan(Profile::ThreeD, Scenario::None));
+    assert_clean(&r, &d);
     drop(backend);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "gpu-reactor --fd did not exit after the VMM left:\n{}",
-                log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status}\n{}", log_text());
+    let status = d.wait_exit("after the VMM left");
+    assert_eq!(status.code(), Some(0), "{status}\n{}", d.log_text());
     assert!(
-        log_text().contains("seccomp filter installed"),
+        d.log_text().contains("seccomp filter installed"),
         "{}",
-        log_text()
+        d.log_text()
     );
     let _ = fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,9 @@
 //! Render workers (feature `virgl`): the whole device in this process, its
 //! virglrenderers in `gpu-reactor --render-worker` children. Placement,
 //! the cross-worker resource rule, and losing a worker (kill -9, or
-//! stopped past the watchdog) without losing anyone else's work.
+//! stopped past the watchdog) without losing anyone else's work; a worker
+//! that dies at start is started again with backoff, and one that never
+//! comes up (before or under a seccomp filter) is refused with the cause.
 #![cfg(feature = "virgl")]
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use gpu::render::virgl::{
     clear_stream, WorkerExe, WorkerOptions, WorkerPoolFactory, WorkerStats,
     VIRGL_FORMAT_R8G8B8A8_UNORM,
 };
+use gpu::render::RendererFactory;
 use loadgen::direct::{DirectBackend, DirectOptions};
 use loadgen::driver::{GpuDriver, Queue};
 
@@ -23,11 +26,21 @@ const SIZE: u32 = 64;
 const TARGET_2D: u32 = 2;
 const BIND: u32 = 1 << 1 | 1 << 3;
 
+const DAEMON: &str = env!("CARGO_BIN_EXE_gpu-reactor");
+
 fn start(workers: usize, watchdog: Duration) -> (DirectBackend, GpuDriver, Arc<WorkerStats>) {
+    start_with(workers, watchdog, WorkerExe::at(DAEMON))
+}
+
+fn start_with(
+    workers: usize,
+    watchdog: Duration,
+    exe: WorkerExe,
+) -> (DirectBackend, GpuDriver, Arc<WorkerStats>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("gpu=info")
         .try_init();
-    let mut o = WorkerOptions::new(workers, WorkerExe::at(env!("CARGO_BIN_EXE_gpu-reactor")));
+    let mut o = WorkerOptions::new(workers, exe);
     o.watchdog = watchdog;
     let factory = WorkerPoolFactory::new(o).expect("a render worker starts headless");
     let stats = factory.stats();
@@ -120,6 +133,43 @@ fn flush_and_look(b: &DirectBackend, d: &mut GpuDriver, res: u32) -> Vec<u8> {
     assert_eq!(r, Response::OkNodata);
     b.display.snapshot().frames[&0].clone()
 }
+
+/// A worker executable (a shell script) that counts its starts in `dir`
+/// and dies at start (`die`: a shell command) on the starts numbered in
+/// `dies` (counting from 1: a factory's capset probe is start 1), and is
+/// the real worker otherwise. Also the directory, to remove at the end.
+fn flaky_worker(
+    name: &str,
+    dies: std::ops::RangeInclusive<u32>,
+    die: &str,
+) -> (WorkerExe, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!(
+        "gpu-virgl-flaky-worker-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, last) = (dies.start(), dies.end());
+    let script = dir.join("worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             n=$(( $(cat '{starts}' 2>/dev/null || echo 0) + 1 ))\n\
+             echo \"$n\" > '{starts}'\n\
+             if [ \"$n\" -ge {first} ] && [ \"$n\" -le {last} ]; then {die}; fi\n\
+             exec '{DAEMON}' \"$@\"\n",
+            starts = dir.join("starts").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (WorkerExe::at(script), dir)
+}
+
+/// Dies the way a worker under `--seccomp kill` dies on a refused call.
+const DIE_BY_SIGSYS: &str = "kill -s SYS $$";
 
 /// The slot whose worker hosts `ctx`.
 fn slot_of(stats: &WorkerStats, ctx: u32) -> usize {
@@ -356,4 +406,77 @@ fn virgl_worker_stopped_past_the_watchdog_is_killed_and_its_command_fails() {
         clear(&mut d, 2, 12, [0.0, 1.0, 0.0, 1.0], 1),
         Response::OkNodata
     );
+}
+
+#[test]
+fn virgl_worker_dying_at_start_is_started_again_with_backoff_and_its_slot_then_serves() {
+    // One slot; the probe (start 1) is fine, the pool's first worker and
+    // the next two retries die at start (as under a filter refusing a
+    // call), the third retry (start 5) comes up.
+    let (exe, dir) = flaky_worker("retry", 2..=4, DIE_BY_SIGSYS);
+    let began = Instant::now();
+    let (b, mut d, stats) = start_with(1, Duration::from_secs(10), exe);
+    wait_until("three failed starts and a worker in the slot", || {
+        stats.start_failures() == 3 && stats.slots()[0].pid.is_some()
+    });
+    // Backoff 100 + 200 + 400 ms between the four starts.
+    assert!(
+        began.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(stats.restarts(), 3);
+    assert_eq!(stats.losses(), 3);
+    // Contexts on the slot work: the slot is not left empty.
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    let frame = flush_and_look(&b, &mut d, 5);
+    assert!(frame.chunks(4).all(|px| px == [0, 255, 0, 255]));
+    let text = b.device.metrics().unwrap();
+    for line in [
+        "gpu_reactor_render_workers 1",
+        "gpu_reactor_render_worker_start_failures_total 3",
+        "gpu_reactor_render_worker_restarts_total 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    drop((b, d));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn virgl_workers_that_never_come_up_are_refused_with_a_clear_error() {
+    let err = WorkerPoolFactory::new(WorkerOptions::new(1, WorkerExe::at("/bin/false")))
+        .expect_err("/bin/false is no render worker");
+    assert!(
+        err.contains("died before it was ready: exited with status 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn virgl_check_under_filter_fails_naming_sigsys_when_a_worker_no_longer_starts() {
+    let real = WorkerPoolFactory::new(WorkerOptions::new(1, WorkerExe::at(DAEMON))).unwrap();
+    assert_eq!(real.check_under_filter(), Ok(()));
+    // Fine for the probe before the filter (start 1), dead by SIGSYS after.
+    let (exe, dir) = flaky_worker("check", 2..=u32::MAX, DIE_BY_SIGSYS);
+    let f = WorkerPoolFactory::new(WorkerOptions::new(1, exe)).unwrap();
+    let err = f
+        .check_under_filter()
+        .expect_err("the worker dies at start");
+    for says in [
+        "no render worker can start under the seccomp filter",
+        "killed by signal",
+        "(SIGSYS: a system call the seccomp filter refuses)",
+        "--seccomp log",
+        "type=1326",
+    ] {
+        assert!(err.contains(says), "no `{says}` in: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -150,18 +150,14 @@ fn guest3d_virgl_kmscube_and_glmark2_run_to_completion() {
         o.serial
     );
     // "Rendered N frames in S sec (F fps)", last line: N counts from 0.
-    let rendered = o
-        .serial_lines("G3D-KMSCUBE")
-        .iter()
-        .filter_map(|l| {
-            l.split("Rendered ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u32>()
-                .ok()
-        })
-        .last();
+    let rendered = o.serial_lines("G3D-KMSCUBE").iter().rev().find_map(|l| {
+        l.split("Rendered ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
     assert!(
         rendered.is_some_and(|n| n >= 119),
         "kmscube did not render its 120 frames ({rendered:?}):\n{}",

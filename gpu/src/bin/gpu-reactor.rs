@@ -6,7 +6,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
@@ -25,8 +25,19 @@ enum Renderer {
     /// 2D only, through rutabaga_gfx.
     #[value(name = "2d")]
     TwoD,
-    /// virglrenderer on llvmpipe (not built yet).
+    /// virglrenderer on Mesa's llvmpipe, headless (cargo feature `virgl`).
     Virgl,
+}
+
+impl Renderer {
+    /// The name `--renderer` takes.
+    fn name(self) -> &'static str {
+        match self {
+            Renderer::Sim => "sim",
+            Renderer::TwoD => "2d",
+            Renderer::Virgl => "virgl",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +70,9 @@ enum ForbiddenCall {
 ///     -numa node,memdev=mem -chardev socket,id=gpu,path=/run/gpu.sock
 ///     -device vhost-user-gpu-pci,chardev=gpu
 ///
+/// 3D (the guest's Mesa virgl driver) is --renderer virgl, in a build with
+/// the cargo feature `virgl`.
+///
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, or
 /// RUST_LOG=gpu::vhost=debug for every vhost-user message).
 #[derive(Debug, Parser)]
@@ -75,9 +89,20 @@ struct Args {
     #[arg(long, value_name = "FDNUM", conflicts_with = "socket_path")]
     fd: Option<i32>,
 
-    /// What executes the guest's GPU work.
-    #[arg(long, value_enum, default_value_t = Renderer::Sim)]
-    renderer: Renderer,
+    /// What executes the guest's GPU work [default: sim]
+    #[arg(long, value_enum)]
+    renderer: Option<Renderer>,
+
+    /// The same as `--renderer virgl` (libvirt passes it for
+    /// `<acceleration accel3d='yes'/>`).
+    #[arg(long)]
+    virgl: bool,
+
+    /// A DRM render node (libvirt passes one): checked to exist, then not
+    /// used: virgl renders on llvmpipe through EGL surfaceless, which needs
+    /// no render node, and the other renderers need none either.
+    #[arg(long, value_name = "PATH")]
+    render_node: Option<PathBuf>,
 
     /// Reactor shards (threads, one io_uring each) [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -141,8 +166,46 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
 }
 
 /// The vhost-user backend capabilities (vhost-user.rst, "Backend program
-/// conventions"): neither `render-node` nor `virgl` is supported yet.
+/// conventions"), the features in QEMU's order: with the `virgl` renderer
+/// built in, `virgl` (`--virgl`) and `render-node` (`--render-node`,
+/// accepted and not used).
+#[cfg(feature = "virgl")]
+const CAPABILITIES: &str = r#"{"type":"gpu","features":["render-node","virgl"]}"#;
+
+/// The vhost-user backend capabilities (vhost-user.rst, "Backend program
+/// conventions"): a build without the `virgl` renderer cannot do 3D.
+#[cfg(not(feature = "virgl"))]
 const CAPABILITIES: &str = r#"{"type":"gpu","features":[]}"#;
+
+/// The renderer `--renderer` and `--virgl` ask for together.
+fn chosen_renderer(args: &Args) -> Result<Renderer, String> {
+    if !args.virgl {
+        return Ok(args.renderer.unwrap_or(Renderer::Sim));
+    }
+    if let Some(r) = args.renderer.filter(|&r| r != Renderer::Virgl) {
+        return Err(format!(
+            "--virgl means --renderer virgl, not --renderer {}",
+            r.name()
+        ));
+    }
+    if cfg!(not(feature = "virgl")) {
+        return Err(
+            "--virgl: renderer virgl is not in this build (cargo feature `virgl`); this gpu-reactor cannot do 3D".into(),
+        );
+    }
+    Ok(Renderer::Virgl)
+}
+
+/// `--render-node`: the path must exist (a typo is an error, not a silent
+/// fallback); nothing opens it.
+fn check_render_node(path: &Path) -> Result<(), String> {
+    std::fs::metadata(path).map_err(|e| format!("--render-node {}: {e}", path.display()))?;
+    tracing::info!(
+        render_node = %path.display(),
+        "render node not used: virgl renders on llvmpipe through EGL surfaceless"
+    );
+    Ok(())
+}
 
 fn main() -> ExitCode {
     // Re-executed as a render worker (hidden first argument)?
@@ -172,11 +235,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let renderer = chosen_renderer(&args)?;
+    if let Some(path) = &args.render_node {
+        check_render_node(path)?;
+    }
+    // Taken before anything starts a process (render workers), so that no
+    // child inherits the VMM's socket.
+    let inherited = args.fd.map(inherited_socket).transpose()?;
     let shards = args.shards.map_or_else(
         || thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
     );
-    let profile = match args.renderer {
+    let profile = match renderer {
         Renderer::Sim => sandbox::Profile::Sim,
         Renderer::TwoD => sandbox::Profile::TwoD,
         Renderer::Virgl if args.render_workers == Some(0) => sandbox::Profile::Virgl,
@@ -191,21 +261,21 @@ fn run(args: Args) -> Result<(), String> {
     // start-up error, not a surprise after binding the socket.
     sandbox::filters(seccomp, profile)?;
 
-    if args.render_workers.is_some() && args.renderer != Renderer::Virgl {
+    if args.render_workers.is_some() && renderer != Renderer::Virgl {
         return Err("--render-workers is for --renderer virgl".into());
     }
-    let (renderer, renderer_name): (Arc<dyn gpu::render::RendererFactory>, &str) = match args.renderer {
-        Renderer::Sim => (Arc::new(gpu::render::sim::SimFactory::default()), "sim"),
-        Renderer::TwoD => (Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory), "2d"),
+    let factory: Arc<dyn gpu::render::RendererFactory> = match renderer {
+        Renderer::Sim => Arc::new(gpu::render::sim::SimFactory::default()),
+        Renderer::TwoD => Arc::new(gpu::render::rutabaga2d::Rutabaga2dFactory),
         #[cfg(feature = "virgl")]
         Renderer::Virgl => match args.render_workers.map_or(shards, usize::from) {
-            0 => (Arc::new(gpu::render::virgl::VirglFactory::new()?), "virgl"),
+            0 => Arc::new(gpu::render::virgl::VirglFactory::new()?),
             n => {
                 use gpu::render::virgl::{WorkerExe, WorkerOptions, WorkerPoolFactory};
                 let mut o = WorkerOptions::new(n, WorkerExe::current());
                 o.watchdog = Duration::from_millis(args.render_watchdog_ms);
                 tracing::info!(workers = n, "virgl in render worker processes");
-                (Arc::new(WorkerPoolFactory::new(o)?), "virgl")
+                Arc::new(WorkerPoolFactory::new(o)?)
             }
         },
         #[cfg(not(feature = "virgl"))]
@@ -227,7 +297,7 @@ fn run(args: Args) -> Result<(), String> {
             ..DeviceConfig::default()
         },
         stall_warn: Some(Duration::from_millis(10)),
-        renderer,
+        renderer: factory,
         ..BackendOptions::default()
     };
     let backend =
@@ -236,16 +306,16 @@ fn run(args: Args) -> Result<(), String> {
         serve_metrics(addr, backend.clone())?;
     }
     tracing::info!(
-        renderer = renderer_name,
+        renderer = renderer.name(),
         shards,
         queue_size = args.queue_size,
         outputs = args.outputs,
         "gpu-reactor started"
     );
 
-    if let Some(fd) = args.fd {
+    if let Some(stream) = inherited {
         enter_sandbox(seccomp, profile, &backend, args.seccomp_selftest)?;
-        return serve_fd(backend, fd, signals);
+        return serve_fd(backend, stream, signals);
     }
     let Some(path) = args.socket_path else {
         return Err("--socket-path or --fd is required".into());
@@ -274,6 +344,10 @@ fn enter_sandbox(
     sandbox::install(mode, profile)?;
     if mode != SeccompMode::Off {
         tracing::info!(mode = %mode, "seccomp filter installed on every thread");
+        // Renderers made before the filter (render workers started
+        // unfiltered) are made again under it; refuses to go on when no
+        // render worker can start under the filter.
+        backend.device().filter_installed()?;
     }
     match selftest {
         None => Ok(()),
@@ -319,14 +393,28 @@ fn forbidden_call(call: ForbiddenCall, backend: &Backend) -> String {
     }
 }
 
-/// `--fd`: one session on an inherited socket.
-fn serve_fd(backend: Arc<Backend>, fd: i32, signals: libc::sigset_t) -> Result<(), String> {
+/// `--fd`: the inherited socket, made close-on-exec (the parent passed it
+/// without the flag; our children must not keep the VMM's connection).
+fn inherited_socket(fd: i32) -> Result<UnixStream, String> {
     if fd < 0 {
         return Err(format!("--fd {fd} is not a file descriptor"));
     }
+    // SAFETY: fcntl on a plain integer touches no memory; a number that is
+    // not an open descriptor fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(format!("--fd {fd}: {}", std::io::Error::last_os_error()));
+    }
     // SAFETY: the parent handed this descriptor to us for exactly this use;
     // nothing else in the process owns it.
-    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `--fd`: one session on the inherited socket.
+fn serve_fd(
+    backend: Arc<Backend>,
+    stream: UnixStream,
+    signals: libc::sigset_t,
+) -> Result<(), String> {
     let b = backend.clone();
     spawn_signal_thread(signals, move || b.interrupt())?;
     let b = backend.clone();

@@ -351,6 +351,19 @@ impl Device {
         rx.recv().map_err(|_| DeviceError::Stopped)
     }
 
+    /// The process's seccomp filter is now on (the daemon, before it
+    /// serves). The renderer checks that the processes it starts, which
+    /// inherit the filter, still come up under it (render workers:
+    /// [`RendererFactory::check_under_filter`]); then the device is reset,
+    /// so its renderers are made again under the filter and no render
+    /// worker started before it keeps running unfiltered. An error means
+    /// the daemon cannot serve under this filter, and says why. Blocking.
+    pub fn filter_installed(&self) -> Result<(), String> {
+        self.shared.renderer.check_under_filter()?;
+        self.reset()
+            .map_err(|e| format!("device reset under the new filter: {e}"))
+    }
+
     /// Prometheus text exposition of the device's metrics.
     pub fn metrics(&self) -> Result<String, DeviceError> {
         let (reply, rx) = mpsc::channel();

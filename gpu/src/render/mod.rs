@@ -177,4 +177,11 @@ pub trait RendererFactory: Send + Sync {
     fn create(&self, shard: usize) -> Result<Box<dyn Renderer>, String>;
     /// Appends the renderer's own Prometheus metrics (render workers).
     fn metrics(&self, _out: &mut String) {}
+    /// Called by the daemon once its seccomp filter is on, before it
+    /// serves. A renderer that starts processes, which inherit the filter
+    /// (render workers), checks here that one still comes up under it: an
+    /// error says why it cannot, and the daemon must not serve. Blocking.
+    fn check_under_filter(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

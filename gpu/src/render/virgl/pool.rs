@@ -29,6 +29,16 @@
 //!   `RenderWorkerLost`, fences as done: never lost); its contexts and
 //!   resources are lost (later commands on them get `RenderWorkerLost`); a
 //!   fresh worker takes its slot. Other workers never notice.
+//! - **Start-up failures.** A worker that dies (or cannot be spawned)
+//!   before it said Ready is started again after a backoff, 100 ms
+//!   doubling to 5 s while it keeps failing, from a timer task on the
+//!   render shard; the slot takes no contexts meanwhile. How a worker
+//!   ended is logged when it was not our kill (a signal by name; SIGSYS
+//!   with where to find the refused system call).
+//! - **Under a seccomp filter** workers inherit the daemon's filter:
+//!   [`RendererFactory::check_under_filter`] starts one once the filter is
+//!   on, so a worker that cannot run under it stops the daemon at start
+//!   instead of every context failing later.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -37,10 +47,10 @@ use std::future::Future;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +77,17 @@ use crate::render::{
 const SHM_SIZE: u64 = 64 << 20;
 /// How long a fresh worker may take to bring its library up.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// The wait before starting a worker again after it died before it was
+/// ready, doubling with each failure in a row up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The wait before the `failures`-th start in a row (counting from 1)
+/// after workers of one slot died before they were ready.
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_FIRST * (1u32 << doublings)).min(RETRY_MAX)
+}
 
 /// The binary a worker runs: one that calls
 /// [`run_if_requested`](super::worker::run_if_requested) first in `main`.
@@ -124,6 +145,7 @@ pub struct SlotView {
 pub struct WorkerStats {
     losses: AtomicU64,
     restarts: AtomicU64,
+    start_failures: AtomicU64,
     contexts_lost: AtomicU64,
     cross_worker_refusals: AtomicU64,
     context_moves: AtomicU64,
@@ -138,6 +160,11 @@ impl WorkerStats {
     /// Workers started again in a lost worker's slot.
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+    /// Worker starts that failed: the process died before it was ready
+    /// (or could not be spawned). Each is retried after a backoff.
+    pub fn start_failures(&self) -> u64 {
+        self.start_failures.load(Ordering::Relaxed)
     }
     pub fn contexts_lost(&self) -> u64 {
         self.contexts_lost.load(Ordering::Relaxed)
@@ -187,6 +214,24 @@ impl RendererFactory for WorkerPoolFactory {
         super::virgl_info(self.capsets.clone())
     }
 
+    /// Starts a worker, which inherits the filter, and waits for it to be
+    /// ready. Blocking (at most the start-up deadline).
+    fn check_under_filter(&self) -> Result<(), String> {
+        let started = Instant::now();
+        probe_capsets(&self.opts.exe).map_err(|e| {
+            format!(
+                "no render worker can start under the seccomp filter (one did before \
+                 it was installed): {e}. {SECCOMP_HINT}, and allow it for render \
+                 workers in gpu/src/sandbox.rs"
+            )
+        })?;
+        tracing::info!(
+            took = ?started.elapsed(),
+            "a render worker starts under the seccomp filter"
+        );
+        Ok(())
+    }
+
     fn create(&self, _shard: usize) -> Result<Box<dyn Renderer>, String> {
         if reactor::current_shard().is_none() {
             return Err("render workers are driven from a reactor shard".into());
@@ -223,6 +268,12 @@ impl RendererFactory for WorkerPoolFactory {
             "counter",
             "Render workers started again after a loss.",
             s.restarts(),
+        );
+        metric(
+            "render_worker_start_failures_total",
+            "counter",
+            "Render workers that died, or could not be started, before they were ready (each retried after a backoff).",
+            s.start_failures(),
         );
         metric(
             "render_contexts_lost_total",
@@ -292,33 +343,105 @@ fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
 }
 
 /// Kills a worker and reaps it off the shard (its exit may take a while:
-/// llvmpipe threads, large mappings).
-fn bury(mut child: Child) {
+/// llvmpipe threads, large mappings). How it ended is logged unless it
+/// was our kill: a worker that died by itself (a signal, an exit) has
+/// already begun to exit when its socket closes, and a kill then no
+/// longer changes its exit status.
+fn bury(mut child: Child, slot: Option<usize>) {
+    let pid = child.id();
     let _ = child.kill();
     let _ = std::thread::Builder::new()
         .name("render-worker-reap".into())
         .spawn(move || {
-            let _ = child.wait();
+            let Ok(status) = child.wait() else { return };
+            if status.success() || status.signal() == Some(libc::SIGKILL) {
+                tracing::debug!(?slot, pid, status = %describe_exit(status), "render worker reaped");
+            } else if status.signal() == Some(libc::SIGSYS) {
+                tracing::error!(
+                    ?slot,
+                    pid,
+                    "render worker ended: {}. {SECCOMP_HINT}",
+                    describe_exit(status)
+                );
+            } else {
+                tracing::error!(?slot, pid, "render worker ended: {}", describe_exit(status));
+            }
         });
 }
 
+/// Where to find the system call a seccomp filter refused: a SIGSYS exit
+/// status does not carry it, the kernel's audit record does.
+const SECCOMP_HINT: &str = "To see what the filter refuses, run with `--seccomp log` \
+     and look for the kernel's audit lines `type=1326 ... syscall=N` (dmesg or journalctl -k)";
+
+/// How a worker ended, for people: the signal by name; SIGSYS is what a
+/// seccomp filter's kill looks like.
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(libc::SIGSYS)) => format!(
+            "killed by signal {} (SIGSYS: a system call the seccomp filter refuses)",
+            libc::SIGSYS
+        ),
+        (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        (None, None) => format!("{status}"),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    use libc::*;
+    match sig {
+        SIGHUP => "SIGHUP",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGILL => "SIGILL",
+        SIGTRAP => "SIGTRAP",
+        SIGABRT => "SIGABRT",
+        SIGBUS => "SIGBUS",
+        SIGFPE => "SIGFPE",
+        SIGKILL => "SIGKILL",
+        SIGUSR1 => "SIGUSR1",
+        SIGSEGV => "SIGSEGV",
+        SIGUSR2 => "SIGUSR2",
+        SIGPIPE => "SIGPIPE",
+        SIGALRM => "SIGALRM",
+        SIGTERM => "SIGTERM",
+        SIGXCPU => "SIGXCPU",
+        SIGXFSZ => "SIGXFSZ",
+        SIGSYS => "SIGSYS",
+        _ => "another signal",
+    }
+}
+
+/// Starts a worker, waits for its Ready (at most the start-up deadline)
+/// and lets it go. Blocking.
 fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
     let s =
         spawn(exe).map_err(|e| format!("cannot start a render worker ({:?}): {e}", exe.program))?;
+    let mut child = s.child;
     let mut sock = UnixStream::from(s.sock);
     let _ = sock.set_read_timeout(Some(STARTUP_DEADLINE));
     let mut buf = Vec::new();
     let got = loop {
         let mut chunk = [0u8; 4096];
-        let n =
-            match sock.read(&mut chunk) {
-                Ok(0) => break Err(
-                    "the render worker exited before it was ready (no EGL/llvmpipe? see its log)"
-                        .to_string(),
-                ),
-                Ok(n) => n,
-                Err(e) => break Err(format!("no answer from the render worker: {e}")),
-            };
+        let n = match sock.read(&mut chunk) {
+            Ok(0) => {
+                // It is exiting (its socket closed with it), so a kill no
+                // longer changes what it died of.
+                let _ = child.kill();
+                let how = match child.wait() {
+                    Ok(s) if s.signal() == Some(libc::SIGSYS) => describe_exit(s),
+                    Ok(s) => format!("{} (no EGL/llvmpipe? see its log above)", describe_exit(s)),
+                    Err(e) => format!("not reaped: {e}"),
+                };
+                return Err(format!(
+                    "the render worker ({:?}) died before it was ready: {how}",
+                    exe.program
+                ));
+            }
+            Ok(n) => n,
+            Err(e) => break Err(format!("no answer from the render worker: {e}")),
+        };
         buf.extend_from_slice(&chunk[..n]);
         match wire::split_frames(&mut buf) {
             Ok(frames) => {
@@ -333,7 +456,7 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
             Err(e) => break Err(e.to_string()),
         }
     };
-    bury(s.child);
+    bury(child, None);
     got
 }
 
@@ -517,6 +640,10 @@ struct Link {
     /// When the worker said it was ready (its library up).
     ready: Option<Instant>,
     started: Instant,
+    /// Workers of this slot that died before they were ready, in a row,
+    /// right before this one.
+    failures: u32,
+    slot: usize,
     tasks: Vec<reactor::AbortHandle>,
 }
 
@@ -525,6 +652,7 @@ impl Link {
         opts: &WorkerOptions,
         slot: usize,
         generation: u64,
+        failures: u32,
         pool: Weak<RefCell<Pool>>,
     ) -> Result<Rc<RefCell<Link>>, String> {
         let s = spawn(&opts.exe).map_err(|e| {
@@ -550,6 +678,8 @@ impl Link {
             contexts: 0,
             ready: None,
             started: Instant::now(),
+            failures,
+            slot,
             tasks: Vec::new(),
         }));
         let (w, wh) = reactor::abortable(write_frames(sock.clone(), rx));
@@ -635,7 +765,7 @@ impl Link {
             t.abort();
         }
         if let Some(child) = self.child.take() {
-            bury(child);
+            bury(child, Some(self.slot));
         }
         std::mem::take(&mut self.owed).into_values().collect()
     }
@@ -687,6 +817,14 @@ async fn read_events(
                 match wire::decode_event(&body) {
                     Ok(Event::Ready(_)) => {
                         l.ready = Some(Instant::now());
+                        if l.failures > 0 {
+                            tracing::info!(
+                                slot,
+                                pid = l.pid,
+                                failures = l.failures,
+                                "render worker ready after failed starts"
+                            );
+                        }
                         None
                     }
                     Ok(Event::Reply { seq, rc }) => l.owed.remove(&seq).map(|o| {
@@ -769,7 +907,7 @@ fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &s
             return;
         }
         let owed = l.shut();
-        let (pid, was_ready) = (l.pid, l.ready.is_some());
+        let (pid, was_ready, failures) = (l.pid, l.ready.is_some(), l.failures);
         drop(l);
         let lost: Vec<u32> = p
             .contexts
@@ -784,24 +922,70 @@ fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &s
         tracing::error!(slot, pid, why, contexts = ?lost, "render worker lost: its contexts are lost, the others continue");
         p.links[slot] = None;
         if was_ready {
-            match Link::start(&p.opts, slot, generation + 1, Rc::downgrade(&pool)) {
-                Ok(l) => {
-                    p.links[slot] = Some(l);
-                    p.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => tracing::error!(slot, error = %e, "render worker not restarted"),
-            }
+            restart(&pool, &mut p, slot, generation + 1, 0);
         } else {
-            tracing::error!(
-                slot,
-                "render worker died before it was ready: its slot stays empty"
-            );
+            p.stats.start_failures.fetch_add(1, Ordering::Relaxed);
+            retry_later(&pool, &mut p, slot, generation + 1, failures + 1);
         }
         p.publish();
         owed
     };
     for o in owed {
         o.abandon();
+    }
+}
+
+/// Starts a worker in the empty `slot`; one that cannot be spawned is
+/// tried again later, like one that dies before it is ready.
+fn restart(pool: &Rc<RefCell<Pool>>, p: &mut Pool, slot: usize, generation: u64, failures: u32) {
+    match Link::start(&p.opts, slot, generation, failures, Rc::downgrade(pool)) {
+        Ok(l) => {
+            p.links[slot] = Some(l);
+            p.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(slot, error = %e, "render worker not started");
+            p.stats.start_failures.fetch_add(1, Ordering::Relaxed);
+            retry_later(pool, p, slot, generation + 1, failures + 1);
+        }
+    }
+}
+
+/// Starts a worker in the empty `slot` after the backoff for `failures`
+/// failed starts in a row, from a timer task (never blocking the shard).
+fn retry_later(
+    pool: &Rc<RefCell<Pool>>,
+    p: &mut Pool,
+    slot: usize,
+    generation: u64,
+    failures: u32,
+) {
+    let delay = retry_delay(failures);
+    tracing::warn!(
+        slot,
+        failures,
+        ?delay,
+        "render worker failed to start: starting it again after {delay:?}"
+    );
+    let weak = Rc::downgrade(pool);
+    let (t, h) = reactor::abortable(async move {
+        if let Err(e) = reactor::time::sleep(delay).await {
+            tracing::error!(slot, error = %e, "no timer to retry a render worker: its slot stays empty");
+            return;
+        }
+        let Some(pool) = weak.upgrade() else { return };
+        let mut p = pool.borrow_mut();
+        // Shut meanwhile (its slots are gone)?
+        if p.links.len() <= slot {
+            return;
+        }
+        p.retries[slot] = None;
+        restart(&pool, &mut p, slot, generation, failures);
+        p.publish();
+    });
+    reactor::spawn_local_named("render-worker-retry", t);
+    if let Some(old) = p.retries[slot].replace(h) {
+        old.abort();
     }
 }
 
@@ -827,6 +1011,9 @@ struct Pool {
     opts: WorkerOptions,
     stats: Arc<WorkerStats>,
     links: Vec<Option<Rc<RefCell<Link>>>>,
+    /// Per slot: the timer task that starts a worker again after a failed
+    /// start, while it waits.
+    retries: Vec<Option<reactor::AbortHandle>>,
     contexts: HashMap<u32, Placed>,
     /// Contexts that have done nothing yet (no submit, fence, attach or
     /// transfer), with what created them: they may still move.
@@ -987,6 +1174,9 @@ impl Pool {
     }
 
     fn shut_all(&mut self) {
+        for r in self.retries.iter_mut().filter_map(Option::take) {
+            r.abort();
+        }
         let mut owed = Vec::new();
         for l in self.links.drain(..).flatten() {
             owed.extend(l.borrow_mut().shut());
@@ -1011,13 +1201,14 @@ impl WorkerPool {
             opts,
             stats,
             links: Vec::with_capacity(n),
+            retries: (0..n).map(|_| None).collect(),
             contexts: HashMap::new(),
             fresh: HashMap::new(),
             resources: HashMap::new(),
         }));
         for slot in 0..n {
             let opts = pool.borrow().opts.clone();
-            match Link::start(&opts, slot, 0, Rc::downgrade(&pool)) {
+            match Link::start(&opts, slot, 0, 0, Rc::downgrade(&pool)) {
                 Ok(l) => pool.borrow_mut().links.push(Some(l)),
                 Err(e) => {
                     pool.borrow_mut().shut_all();
@@ -1431,5 +1622,39 @@ impl Renderer for WorkerPool {
             }
             first
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virgl_worker_start_retries_back_off_from_100_ms_doubling_to_5_s() {
+        let ms = |n| retry_delay(n).as_millis();
+        assert_eq!(
+            (1..=8).map(ms).collect::<Vec<_>>(),
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000]
+        );
+        assert_eq!(ms(u32::MAX), 5000);
+    }
+
+    #[test]
+    fn virgl_worker_exit_names_its_signal_and_sigsys_says_where_to_look() {
+        let sys = describe_exit(ExitStatus::from_raw(libc::SIGSYS));
+        assert_eq!(
+            sys,
+            format!(
+                "killed by signal {} (SIGSYS: a system call the seccomp filter refuses)",
+                libc::SIGSYS
+            )
+        );
+        assert!(SECCOMP_HINT.contains("--seccomp log") && SECCOMP_HINT.contains("type=1326"));
+        let segv = describe_exit(ExitStatus::from_raw(libc::SIGSEGV));
+        assert_eq!(segv, "killed by signal 11 (SIGSEGV)");
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
     }
 }

@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::qemu::{
-    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, Cpio, Guard, Host, Ppm, Qmp, BUSYBOX,
-    SHORT_LIMIT,
+    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, BootFiles, Cpio, Host, Ppm, Qmp,
+    BUSYBOX,
 };
 
 const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
@@ -327,33 +327,14 @@ pub fn run(
     let start = Instant::now();
     let deadline = start + limit;
     fs::create_dir_all(dir).unwrap();
-    let sock = dir.join("gpu.sock");
-    let serial = dir.join("serial.log");
-    let qmp_path = dir.join("qmp.sock");
-    let backend_log = dir.join("backend.log");
-    let qemu_log = dir.join("qemu.log");
-    let logs = |what: &str| -> String {
-        let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
-        let tail = |s: String| -> String {
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(150)..].join("\n")
-        };
-        format!(
-            "{what}\n==== serial console ({})\n{}\n==== backend log ({}, last lines)\n{}\n==== QEMU log\n{}",
-            serial.display(),
-            read(&serial),
-            backend_log.display(),
-            tail(read(&backend_log)),
-            read(&qemu_log)
-        )
-    };
+    let files = BootFiles::in_dir(dir, 150);
+    let logs = |what: &str| files.logs(what);
 
     let metrics_addr = free_local_addr();
-    let blog = fs::File::create(&backend_log).unwrap();
     let mut cmd = match backend {
         Backend::GpuReactor { bin, workers } => {
             let mut c = Command::new(bin);
-            c.arg("-s").arg(&sock).args(["--renderer", "virgl"]);
+            c.arg("-s").arg(&files.sock).args(["--renderer", "virgl"]);
             c.arg("--outputs").arg(plan.outputs.to_string());
             c.arg("--metrics").arg(metrics_addr.to_string());
             if let Some(w) = workers {
@@ -363,59 +344,25 @@ pub fn run(
             c
         }
     };
-    cmd.stdin(Stdio::null())
-        .stdout(blog.try_clone().unwrap())
-        .stderr(blog);
-    let mut backend_proc = Guard::spawn("backend", &mut cmd).map_err(|e| logs(&e))?;
-    let sock_deadline = Instant::now() + SHORT_LIMIT;
-    while !sock.exists() {
-        if let Some(st) = backend_proc.exited() {
-            return Err(logs(&format!("the backend exited before listening: {st}")));
-        }
-        if Instant::now() > sock_deadline {
-            return Err(logs("the backend did not create its socket within 10 s"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
+    let mut backend_proc = files.start_backend(&mut cmd)?;
+    // KMS clients hold their last frame this long for the screendump.
     let hold = if plan.kms_heads > 0 { 20 } else { 0 };
-    let qlog = fs::File::create(&qemu_log).unwrap();
-    let mut cmd = Command::new(&host.qemu);
-    cmd.args(["-accel", "tcg", "-m", "2048", "-nodefaults", "-vga", "none"])
-        .args(["-display", "none", "-no-reboot"])
-        .args(["-object", "memory-backend-memfd,id=mem,size=2048M,share=on"])
-        .args(["-numa", "node,memdev=mem"])
-        .arg("-chardev")
-        .arg(format!("socket,id=vgpu,path={}", sock.display()))
-        .arg("-device")
-        .arg(format!(
-            "vhost-user-gpu-pci,chardev=vgpu,id=gpu0,max_outputs={}",
-            plan.outputs
-        ))
-        .arg("-chardev")
-        .arg(format!("file,id=ser0,path={}", serial.display()))
-        .args(["-serial", "chardev:ser0"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-        .arg("-kernel")
-        .arg(&host.kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 no_timer_check quiet loglevel=4 g3d.run={} g3d.n={} \
-             g3d.secs={} g3d.hold={hold}",
+    let mut qemu = files.start_qemu(
+        host,
+        2048,
+        plan.outputs,
+        initrd,
+        &format!(
+            "quiet loglevel=4 g3d.run={} g3d.n={} g3d.secs={} g3d.hold={hold}",
             plan.run, plan.n, plan.secs
-        ))
-        .stdin(Stdio::null())
-        .stdout(qlog.try_clone().unwrap())
-        .stderr(qlog);
-    let mut qemu = Guard::spawn("qemu", &mut cmd).map_err(|e| logs(&e))?;
-    let mut qmp = Qmp::connect(&qmp_path, deadline).map_err(|e| logs(&e))?;
+        ),
+    )?;
+    let serial = &files.serial;
+    let mut qmp = Qmp::connect(&files.qmp, deadline).map_err(|e| logs(&e))?;
 
     let mut heads: Vec<HeadCheck> = Vec::new();
     loop {
-        let text = fs::read_to_string(&serial).unwrap_or_default();
+        let text = fs::read_to_string(serial).unwrap_or_default();
         // Each KMS head, once its client has printed its last frame's hash
         // (it holds that frame on screen for `hold` seconds).
         for l in text.lines().filter(|l| l.starts_with("GLCLIENT-HASH ")) {
@@ -452,18 +399,11 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let metrics = scrape(metrics_addr).ok();
-    let _ = qmp.execute(r#"{"execute":"quit"}"#);
-    drop(qmp);
-    if qemu.wait_exit(SHORT_LIMIT).is_none() {
-        return Err(logs("QEMU did not quit within 10 s"));
+    match files.stop(qmp, &mut qemu, &mut backend_proc)? {
+        st if st.success() => {}
+        st => return Err(logs(&format!("the backend's exit after SIGTERM: {st}"))),
     }
-    backend_proc.terminate();
-    match backend_proc.wait_exit(SHORT_LIMIT) {
-        Some(st) if st.success() => {}
-        Some(st) => return Err(logs(&format!("the backend's exit after SIGTERM: {st}"))),
-        None => return Err(logs("the backend did not exit within 10 s of SIGTERM")),
-    }
-    let serial_text = fs::read_to_string(&serial).unwrap_or_default();
+    let serial_text = fs::read_to_string(serial).unwrap_or_default();
     let mut clients = Vec::new();
     for l in serial_text.lines() {
         if let Some(json) = l.trim_end().strip_prefix("GLCLIENT-JSON ") {
@@ -487,7 +427,7 @@ pub fn run(
         .ok_or_else(|| logs("the guest did not report its kernel errors"))?;
     Ok(Outcome {
         serial: serial_text,
-        backend_log: fs::read_to_string(&backend_log).unwrap_or_default(),
+        backend_log: fs::read_to_string(&files.backend_log).unwrap_or_default(),
         clients,
         heads,
         kernel_errors,

@@ -578,3 +578,134 @@ pub fn gcc(dir: &Path, name: &str, src: &str, args: &[&str]) -> PathBuf {
     );
     out_path
 }
+
+/// The files of one boot in its scratch directory, and the failure text
+/// that carries them.
+pub struct BootFiles {
+    pub sock: PathBuf,
+    pub serial: PathBuf,
+    pub qmp: PathBuf,
+    pub backend_log: PathBuf,
+    pub qemu_log: PathBuf,
+    /// Lines of the backend's log a failure shows (its last ones).
+    backend_tail: usize,
+}
+
+impl BootFiles {
+    pub fn in_dir(dir: &Path, backend_tail: usize) -> BootFiles {
+        BootFiles {
+            sock: dir.join("gpu.sock"),
+            serial: dir.join("serial.log"),
+            qmp: dir.join("qmp.sock"),
+            backend_log: dir.join("backend.log"),
+            qemu_log: dir.join("qemu.log"),
+            backend_tail,
+        }
+    }
+
+    /// `what`, then the serial console, the backend's and QEMU's logs.
+    pub fn logs(&self, what: &str) -> String {
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+        let backend = read(&self.backend_log);
+        let lines: Vec<&str> = backend.lines().collect();
+        let from = lines.len().saturating_sub(self.backend_tail);
+        format!(
+            "{what}\n==== serial console ({})\n{}\n==== backend log ({}{})\n{}\n==== QEMU log ({})\n{}",
+            self.serial.display(),
+            read(&self.serial),
+            self.backend_log.display(),
+            if from > 0 { ", last lines" } else { "" },
+            lines[from..].join("\n"),
+            self.qemu_log.display(),
+            read(&self.qemu_log)
+        )
+    }
+
+    /// Starts the backend `cmd` (its output to the backend log) and waits
+    /// for it to create its socket.
+    pub fn start_backend(&self, cmd: &mut Command) -> Result<Guard, String> {
+        let log = fs::File::create(&self.backend_log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut backend = Guard::spawn("backend", cmd).map_err(|e| self.logs(&e))?;
+        let deadline = Instant::now() + SHORT_LIMIT;
+        while !self.sock.exists() {
+            if let Some(st) = backend.exited() {
+                return Err(self.logs(&format!("the backend exited before listening: {st}")));
+            }
+            if Instant::now() > deadline {
+                return Err(self.logs("the backend did not create its socket within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(backend)
+    }
+
+    /// Starts QEMU as README.md "Use with QEMU" says: TCG, `mem_mb` of
+    /// guest RAM as a shared memfd, vhost-user-gpu-pci with `max_outputs`
+    /// on the backend's socket, the serial console to a file, QMP. The
+    /// kernel command line is `append` after `console=ttyS0 panic=-1
+    /// no_timer_check` (on TCG under load the kernel's IO-APIC timer check
+    /// can miss its ticks and panic: "IO-APIC + timer doesn't work!").
+    pub fn start_qemu(
+        &self,
+        host: &Host,
+        mem_mb: u32,
+        max_outputs: u32,
+        initrd: &Path,
+        append: &str,
+    ) -> Result<Guard, String> {
+        let log = fs::File::create(&self.qemu_log).unwrap();
+        let mut cmd = Command::new(&host.qemu);
+        cmd.args(["-accel", "tcg", "-nodefaults", "-vga", "none"])
+            .arg("-m")
+            .arg(mem_mb.to_string())
+            .args(["-display", "none", "-no-reboot"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={mem_mb}M,share=on"
+            ))
+            .args(["-numa", "node,memdev=mem"])
+            .arg("-chardev")
+            .arg(format!("socket,id=vgpu,path={}", self.sock.display()))
+            .arg("-device")
+            .arg(format!(
+                "vhost-user-gpu-pci,chardev=vgpu,id=gpu0,max_outputs={max_outputs}"
+            ))
+            .arg("-chardev")
+            .arg(format!("file,id=ser0,path={}", self.serial.display()))
+            .args(["-serial", "chardev:ser0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", self.qmp.display()))
+            .arg("-kernel")
+            .arg(&host.kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 no_timer_check {append}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        Guard::spawn("qemu", &mut cmd).map_err(|e| self.logs(&e))
+    }
+
+    /// Quits QEMU over QMP, then stops the backend with SIGTERM; both must
+    /// go within 10 s. The backend's exit status.
+    pub fn stop(
+        &self,
+        mut qmp: Qmp,
+        qemu: &mut Guard,
+        backend: &mut Guard,
+    ) -> Result<ExitStatus, String> {
+        let _ = qmp.execute(r#"{"execute":"quit"}"#);
+        drop(qmp);
+        if qemu.wait_exit(SHORT_LIMIT).is_none() {
+            return Err(self.logs("QEMU did not quit within 10 s"));
+        }
+        backend.terminate();
+        backend
+            .wait_exit(SHORT_LIMIT)
+            .ok_or_else(|| self.logs("the backend did not exit within 10 s of SIGTERM"))
+    }
+}

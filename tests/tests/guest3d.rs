@@ -18,6 +18,26 @@ fn reactor(workers: Option<usize>) -> Backend {
     }
 }
 
+/// Builds the 3D guest in a scratch directory named `dir`, boots it on
+/// gpu-reactor (`--render-workers` `workers`) for `plan` and prints what it
+/// showed under `name`. The directory is kept unless the test passes.
+fn boot(dir: &str, name: &str, plan: &Plan, workers: Option<usize>) -> (WorkDir, Outcome) {
+    let host = Host::find();
+    let work = WorkDir::new(dir);
+    let initrd = guest3d::build_image(&host, work.path());
+    let o = guest3d::run(
+        &host,
+        &initrd,
+        &reactor(workers),
+        plan,
+        &work.sub("run"),
+        LIMIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    report(name, &o);
+    (work, o)
+}
+
 fn report(name: &str, o: &Outcome) {
     println!("---- {name}: {:.1} s", o.elapsed.as_secs_f64());
     for l in o.serial_lines("G3D-DMESG") {
@@ -77,9 +97,6 @@ fn assert_clean(o: &Outcome, clients: usize, heads: usize) {
 /// render workers (`workers`: `None` the default, one per shard) or with
 /// virgl in the daemon (`Some(0)`).
 fn four_clients(name: &str, workers: Option<usize>) {
-    let host = Host::find();
-    let work = WorkDir::new(&format!("gpu-reactor-guest3d-{name}"));
-    let initrd = guest3d::build_image(&host, work.path());
     let plan = Plan {
         run: "clients",
         n: 4,
@@ -87,16 +104,12 @@ fn four_clients(name: &str, workers: Option<usize>) {
         outputs: 1,
         kms_heads: 1,
     };
-    let o = guest3d::run(
-        &host,
-        &initrd,
-        &reactor(workers),
+    let (work, o) = boot(
+        &format!("gpu-reactor-guest3d-{name}"),
+        &format!("4 clients on gpu-reactor virgl ({name})"),
         &plan,
-        &work.sub("run"),
-        LIMIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    report(&format!("4 clients on gpu-reactor virgl ({name})"), &o);
+        workers,
+    );
     assert_clean(&o, 4, 1);
     work.passed();
 }
@@ -115,9 +128,6 @@ fn guest3d_virgl_in_process_four_clients_render_and_read_back_exactly() {
 /// packages, no one here wrote them: they run to completion, with scores.
 #[test]
 fn guest3d_virgl_kmscube_and_glmark2_run_to_completion() {
-    let host = Host::find();
-    let work = WorkDir::new("gpu-reactor-guest3d-thirdparty");
-    let initrd = guest3d::build_image(&host, work.path());
     let plan = Plan {
         run: "thirdparty",
         n: 1,
@@ -125,16 +135,12 @@ fn guest3d_virgl_kmscube_and_glmark2_run_to_completion() {
         outputs: 1,
         kms_heads: 0,
     };
-    let o = guest3d::run(
-        &host,
-        &initrd,
-        &reactor(None),
+    let (work, o) = boot(
+        "gpu-reactor-guest3d-thirdparty",
+        "kmscube and glmark2 on gpu-reactor virgl",
         &plan,
-        &work.sub("run"),
-        LIMIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    report("kmscube and glmark2 on gpu-reactor virgl", &o);
+        None,
+    );
     for l in o
         .serial_lines("G3D-KMSCUBE")
         .iter()
@@ -184,9 +190,6 @@ fn guest3d_virgl_kmscube_and_glmark2_run_to_completion() {
 /// process; every head shows its own client's last frame.
 #[test]
 fn guest3d_virgl_four_leased_heads_show_their_clients_frames() {
-    let host = Host::find();
-    let work = WorkDir::new("gpu-reactor-guest3d-lease");
-    let initrd = guest3d::build_image(&host, work.path());
     let plan = Plan {
         run: "lease",
         n: 4,
@@ -194,16 +197,12 @@ fn guest3d_virgl_four_leased_heads_show_their_clients_frames() {
         outputs: 4,
         kms_heads: 4,
     };
-    let o = guest3d::run(
-        &host,
-        &initrd,
-        &reactor(None),
+    let (work, o) = boot(
+        "gpu-reactor-guest3d-lease",
+        "4 leased heads on gpu-reactor virgl",
         &plan,
-        &work.sub("run"),
-        LIMIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    report("4 leased heads on gpu-reactor virgl", &o);
+        None,
+    );
     for l in o.serial_lines("GLCLIENT-LEASE") {
         println!("  {l}");
     }
@@ -225,9 +224,6 @@ fn guest3d_virgl_four_leased_heads_show_their_clients_frames() {
 /// no frame gap over 1 s, no error.
 #[test]
 fn guest3d_virgl_sixteen_clients_for_30_s() {
-    let host = Host::find();
-    let work = WorkDir::new("gpu-reactor-guest3d-16");
-    let initrd = guest3d::build_image(&host, work.path());
     let plan = Plan {
         run: "clients",
         n: 16,
@@ -235,16 +231,12 @@ fn guest3d_virgl_sixteen_clients_for_30_s() {
         outputs: 1,
         kms_heads: 1,
     };
-    let o = guest3d::run(
-        &host,
-        &initrd,
-        &reactor(None),
+    let (work, o) = boot(
+        "gpu-reactor-guest3d-16",
+        "16 clients on gpu-reactor virgl",
         &plan,
-        &work.sub("run"),
-        LIMIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    report("16 clients on gpu-reactor virgl", &o);
+        None,
+    );
     assert_clean(&o, 16, 1);
     for c in &o.clients {
         assert!(c.max_gap_ms <= 1000.0, "a frame gap over 1 s: {c:?}");
@@ -265,9 +257,6 @@ fn guest3d_virgl_sixteen_clients_for_30_s() {
 /// its fences in the same global order.
 #[test]
 fn guest3d_virgl_heavy_client_on_its_own_worker_renders_beside_light_ones() {
-    let host = Host::find();
-    let work = WorkDir::new("gpu-reactor-guest3d-heavy");
-    let initrd = guest3d::build_image(&host, work.path());
     let plan = Plan {
         run: "heavy",
         n: 4,
@@ -275,16 +264,12 @@ fn guest3d_virgl_heavy_client_on_its_own_worker_renders_beside_light_ones() {
         outputs: 1,
         kms_heads: 0,
     };
-    let o = guest3d::run(
-        &host,
-        &initrd,
-        &reactor(Some(4)),
+    let (work, o) = boot(
+        "gpu-reactor-guest3d-heavy",
+        "a heavy client and 3 light ones, a worker each",
         &plan,
-        &work.sub("run"),
-        LIMIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    report("a heavy client and 3 light ones, a worker each", &o);
+        Some(4),
+    );
     assert_clean(&o, 4, 0);
     let heavy = o
         .clients

@@ -20,12 +20,12 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use e2e_tests::qemu::{
-    add_guest_modules, checksum, command_count, free_local_addr, gcc, gzip_to, scrape, Cpio, Guard,
-    Host, Ppm, Qmp, WorkDir, BUSYBOX, CONTRIB, SHORT_LIMIT,
+    add_guest_modules, checksum, command_count, free_local_addr, gcc, gzip_to, scrape, BootFiles,
+    Cpio, Host, Ppm, Qmp, WorkDir, BUSYBOX, CONTRIB,
 };
 
 /// A whole boot, from starting the backend to QEMU's exit.
@@ -259,6 +259,8 @@ impl Boot {
     }
 }
 
+/// Starts the backend and QEMU, waits for the guest to draw, checks the
+/// screendump against the pattern, stops both. Every failure carries the
 /// logs.
 fn boot(
     host: &Host,
@@ -269,32 +271,15 @@ fn boot(
 ) -> Result<Boot, String> {
     let start = Instant::now();
     let deadline = start + BOOT_LIMIT;
-    let sock = dir.join("gpu.sock");
-    let serial = dir.join("serial.log");
-    let qmp_path = dir.join("qmp.sock");
-    let backend_log = dir.join("backend.log");
-    let qemu_log = dir.join("qemu.log");
-
-    let logs = |what: &str| -> String {
-        let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
-        format!(
-            "{what}\n==== serial console ({})\n{}\n==== backend log ({})\n{}\n==== QEMU log ({})\n{}",
-            serial.display(),
-            read(&serial),
-            backend_log.display(),
-            read(&backend_log),
-            qemu_log.display(),
-            read(&qemu_log)
-        )
-    };
+    let files = BootFiles::in_dir(dir, usize::MAX);
+    let logs = |what: &str| files.logs(what);
 
     // The backend, listening first.
-    let blog = fs::File::create(&backend_log).unwrap();
     let metrics_addr = free_local_addr();
     let mut cmd = match kind {
         BackendKind::GpuReactor(bin) => {
             let mut c = Command::new(bin);
-            c.arg("-s").arg(&sock).args(["--renderer", "2d"]);
+            c.arg("-s").arg(&files.sock).args(["--renderer", "2d"]);
             c.arg("--outputs").arg(scenario.outputs.to_string());
             c.arg("--metrics").arg(metrics_addr.to_string());
             c.env("RUST_LOG", "gpu=debug");
@@ -302,64 +287,24 @@ fn boot(
         }
         BackendKind::Contrib => {
             let mut c = Command::new(CONTRIB);
-            c.arg("-s").arg(&sock);
+            c.arg("-s").arg(&files.sock);
             c.env("G_MESSAGES_DEBUG", "all");
             c
         }
     };
-    cmd.stdin(Stdio::null())
-        .stdout(blog.try_clone().unwrap())
-        .stderr(blog);
-    let mut backend = Guard::spawn("backend", &mut cmd).map_err(|e| logs(&e))?;
-    let sock_deadline = Instant::now() + SHORT_LIMIT;
-    while !sock.exists() {
-        if let Some(st) = backend.exited() {
-            return Err(logs(&format!("the backend exited before listening: {st}")));
-        }
-        if Instant::now() > sock_deadline {
-            return Err(logs("the backend did not create its socket within 10 s"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    // QEMU, as in README.md "Use with QEMU".
-    let qlog = fs::File::create(&qemu_log).unwrap();
-    let mut cmd = Command::new(&host.qemu);
-    cmd.args(["-accel", "tcg", "-m", "512", "-nodefaults", "-vga", "none"])
-        .args(["-display", "none", "-no-reboot"])
-        .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-        .args(["-numa", "node,memdev=mem"])
-        .arg("-chardev")
-        .arg(format!("socket,id=vgpu,path={}", sock.display()))
-        .arg("-device")
-        .arg(format!(
-            "vhost-user-gpu-pci,chardev=vgpu,id=gpu0,max_outputs={}",
-            scenario.outputs
-        ))
-        .arg("-chardev")
-        .arg(format!("file,id=ser0,path={}", serial.display()))
-        .args(["-serial", "chardev:ser0"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-        .arg("-kernel")
-        .arg(&host.kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        // no_timer_check: on TCG under load the kernel's IO-APIC timer check
-        // can miss its ticks and panic ("IO-APIC + timer doesn't work!").
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 no_timer_check e2e.prog={}",
-            scenario.program
-        ))
-        .stdin(Stdio::null())
-        .stdout(qlog.try_clone().unwrap())
-        .stderr(qlog);
-    let mut qemu = Guard::spawn("qemu", &mut cmd).map_err(|e| logs(&e))?;
+    let mut backend = files.start_backend(&mut cmd)?;
+    let mut qemu = files.start_qemu(
+        host,
+        512,
+        scenario.outputs,
+        initrd,
+        &format!("e2e.prog={}", scenario.program),
+    )?;
+    let serial = &files.serial;
 
     // Until the guest has drawn (or something died): the size of each head.
     let heads: Vec<(u32, u32)> = loop {
-        let text = fs::read_to_string(&serial).unwrap_or_default();
+        let text = fs::read_to_string(serial).unwrap_or_default();
         match drawn_heads(&text) {
             Ok(Some(heads)) => break heads,
             Ok(None) => {}
@@ -399,7 +344,7 @@ fn boot(
     }
 
     // (1) the driver bound and /dev/fb0 exists.
-    let text = fs::read_to_string(&serial).unwrap_or_default();
+    let text = fs::read_to_string(serial).unwrap_or_default();
     let bound = text
         .lines()
         .any(|l| l.contains("Initialized virtio_gpu") || l.contains("virtio_gpudrmfb"));
@@ -410,7 +355,7 @@ fn boot(
     }
 
     // (2) the pixels of every head, through QMP screendump.
-    let mut qmp = Qmp::connect(&qmp_path, deadline).map_err(|e| logs(&e))?;
+    let mut qmp = Qmp::connect(&files.qmp, deadline).map_err(|e| logs(&e))?;
     let mut dumps = Vec::new();
     for (head, &(w, h)) in heads.iter().enumerate() {
         let head = head as u32;
@@ -458,24 +403,15 @@ fn boot(
     };
 
     // Stop QEMU, then the backend; both must go in time.
-    let _ = qmp.execute(r#"{"execute":"quit"}"#);
-    drop(qmp);
-    if qemu.wait_exit(SHORT_LIMIT).is_none() {
-        return Err(logs("QEMU did not quit within 10 s"));
-    }
-    backend.terminate();
-    let backend_exit = match backend.wait_exit(SHORT_LIMIT) {
-        Some(st) => st,
-        None => return Err(logs("the backend did not exit within 10 s of SIGTERM")),
-    };
+    let backend_exit = files.stop(qmp, &mut qemu, &mut backend)?;
     if matches!(kind, BackendKind::GpuReactor(_)) && !backend_exit.success() {
         return Err(logs(&format!(
             "gpu-reactor did not exit cleanly on SIGTERM: {backend_exit}"
         )));
     }
     Ok(Boot {
-        serial: fs::read_to_string(&serial).unwrap_or_default(),
-        backend_log: fs::read_to_string(&backend_log).unwrap_or_default(),
+        serial: fs::read_to_string(serial).unwrap_or_default(),
+        backend_log: fs::read_to_string(&files.backend_log).unwrap_or_default(),
         dumps,
         boot_to_ready,
         total: start.elapsed(),

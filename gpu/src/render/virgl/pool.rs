@@ -1000,10 +1000,10 @@ struct PoolResource {
     height: u32,
     kind: ResourceKind,
     home: Option<Placed>,
-    /// The guest's backing, and the memory it was checked against: given
-    /// to the worker with the resource (see `Pool::place`), since the
-    /// library must hold it wherever its command streams may name it.
-    backing: Option<(Vec<crate::protocol::MemEntry>, GuestMem)>,
+    /// The guest's backing: given to the worker with the resource (see
+    /// `Pool::place`), since the library must hold it wherever its command
+    /// streams may name it.
+    backing: Option<Vec<crate::protocol::MemEntry>>,
 }
 
 /// All workers of one device instance.
@@ -1019,6 +1019,9 @@ struct Pool {
     /// transfer), with what created them: they may still move.
     fresh: HashMap<u32, (u8, Vec<u8>)>,
     resources: HashMap<u32, PoolResource>,
+    /// The newest guest memory the device handed the pool (with a backing
+    /// or a transfer): what a resource placed later shares with its worker.
+    mem: Option<GuestMem>,
 }
 
 impl Pool {
@@ -1059,7 +1062,7 @@ impl Pool {
         &mut self,
         id: u32,
         want: Option<Placed>,
-    ) -> Result<(Placed, LinkRef, Option<ReplyWait>), ProtocolError> {
+    ) -> Result<(Placed, LinkRef, Vec<ReplyWait>), ProtocolError> {
         let home = self
             .resources
             .get(&id)
@@ -1067,7 +1070,7 @@ impl Pool {
             .home;
         if let Some(p) = home {
             let link = self.link(p).ok_or(ProtocolError::RenderWorkerLost(id))?;
-            return Ok((p, link, None));
+            return Ok((p, link, Vec::new()));
         }
         let p = want
             .or_else(|| self.least_loaded())
@@ -1077,28 +1080,29 @@ impl Pool {
             .resources
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownResource(id))?;
-        r.home = Some(p);
         let mut l = link.borrow_mut();
-        let mut wait = l.request(
+        if let (Some(_), Some(mem)) = (&r.backing, &self.mem) {
+            l.share_memory(mem)?;
+        }
+        r.home = Some(p);
+        let mut waits = vec![l.request(
             Request::ResCreate {
                 id,
                 kind: r.kind.clone(),
             },
             id,
-        );
-        if let Some((entries, mem)) = &r.backing {
-            l.share_memory(mem)?;
-            // Replies come in order: the last one answers for both.
-            wait = l.request(
+        )];
+        if let Some(entries) = &r.backing {
+            waits.push(l.request(
                 Request::AttachBacking {
                     id,
                     entries: entries.clone(),
                 },
                 id,
-            );
+            ));
         }
         drop(l);
-        Ok((p, link, Some(wait)))
+        Ok((p, link, waits))
     }
 
     /// Refuses a resource that lives on another worker than `ctx`.
@@ -1205,6 +1209,7 @@ impl WorkerPool {
             contexts: HashMap::new(),
             fresh: HashMap::new(),
             resources: HashMap::new(),
+            mem: None,
         }));
         for slot in 0..n {
             let opts = pool.borrow().opts.clone();
@@ -1223,7 +1228,7 @@ impl WorkerPool {
         })
     }
 
-    fn owe(&mut self, w: Option<ReplyWait>) {
+    fn owe(&mut self, w: impl IntoIterator<Item = ReplyWait>) {
         self.owed.extend(w);
     }
 
@@ -1252,6 +1257,7 @@ impl WorkerPool {
             ctx => p.contexts.get(&ctx).copied(),
         };
         p.fresh.remove(&ctx);
+        p.mem = Some(mem.clone());
         let (home, link, created) = p.place(id, want)?;
         if let Some(want) = want {
             p.refuse_elsewhere(id, ctx, home, want)?;
@@ -1465,26 +1471,32 @@ impl Renderer for WorkerPool {
         mem: &GuestMem,
     ) -> Result<(), ProtocolError> {
         let mut p = self.pool.borrow_mut();
-        let r = p
+        let home = p
             .resources
-            .get_mut(&id)
-            .ok_or(ProtocolError::UnknownResource(id))?;
-        r.backing = Some((backing.entries().to_vec(), mem.clone()));
+            .get(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?
+            .home;
+        p.mem = Some(mem.clone());
+        let entries = backing.entries().to_vec();
         // Not on a worker yet: it gets the backing when it is placed.
-        let Some(home) = r.home else { return Ok(()) };
-        let link = p.link(home).ok_or(ProtocolError::RenderWorkerLost(id))?;
-        drop(p);
-        let mut l = link.borrow_mut();
-        l.share_memory(mem)?;
-        let wait = l.request(
-            Request::AttachBacking {
+        let mut wait = None;
+        if let Some(home) = home {
+            let link = p.link(home).ok_or(ProtocolError::RenderWorkerLost(id))?;
+            let mut l = link.borrow_mut();
+            l.share_memory(mem)?;
+            wait = Some(l.request(
+                Request::AttachBacking {
+                    id,
+                    entries: entries.clone(),
+                },
                 id,
-                entries: backing.entries().to_vec(),
-            },
-            id,
-        );
-        drop(l);
-        self.owe(Some(wait));
+            ));
+        }
+        if let Some(r) = p.resources.get_mut(&id) {
+            r.backing = Some(entries);
+        }
+        drop(p);
+        self.owe(wait);
         Ok(())
     }
 

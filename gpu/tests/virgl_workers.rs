@@ -1,6 +1,6 @@
 //! Render workers (feature `virgl`): the whole device in this process, its
 //! virglrenderers in `gpu-reactor --render-worker` children. Placement,
-//! the cross-worker resource rule, and losing a worker (kill -9, or
+//! resources shared across workers (replicas) and the rule for what cannot be, and losing a worker (kill -9, or
 //! stopped past the watchdog) without losing anyone else's work; a worker
 //! that dies at start is started again with backoff, and one that never
 //! comes up (before or under a seccomp filter) is refused with the cause.
@@ -14,7 +14,7 @@ use gpu::protocol::wire::{
 };
 use gpu::protocol::*;
 use gpu::render::virgl::{
-    clear_stream, WorkerExe, WorkerOptions, WorkerPoolFactory, WorkerStats,
+    clear_stream, copy_stream, WorkerExe, WorkerOptions, WorkerPoolFactory, WorkerStats,
     VIRGL_FORMAT_R8G8B8A8_UNORM,
 };
 use gpu::render::RendererFactory;
@@ -271,16 +271,94 @@ fn virgl_workers_place_each_context_on_the_least_loaded_worker() {
     }
 }
 
+/// Copies `src` into `dst` on `ctx` (a compositor using a client's
+/// buffer); the fenced answer.
+fn copy(d: &mut GpuDriver, ctx: u32, dst: u32, src: u32, fence: u64) -> Response {
+    call(
+        d,
+        Request::new(GpuCommand::Submit3d(Submit3d {
+            data: copy_stream(dst, src, SIZE, SIZE),
+        }))
+        .with_ctx(ctx)
+        .with_ring(0)
+        .with_fence(fence),
+    )
+}
+
+/// weston's case: a compositor (context 2, on its own worker, rendering
+/// already) uses the buffer of a client (context 1, on the other worker).
+/// It gets a replica on its worker, brought up to date before its next
+/// submit whenever the client has drawn since: what it copies out is the
+/// client's latest frame, each time.
 #[test]
-fn virgl_resource_of_another_worker_is_refused_with_invalid_resource_id() {
+fn virgl_resource_of_another_worker_is_replicated_there_up_to_date() {
     let (b, mut d, stats) = start(2, Duration::from_secs(10));
     assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
     assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
     assert_ne!(slot_of(&stats, 1), slot_of(&stats, 2));
+    // The client's buffer, placed on its worker by its first attach.
     create_target(&mut d, 5);
-    // The first attach places the resource on context 1's worker.
     assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    // Context 2 has rendered on its own worker: it stays there.
+    // The compositor has rendered on its own worker: it stays there.
+    create_target(&mut d, 6);
+    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
+        Response::OkNodata
+    );
+    assert_eq!(attach(&mut d, 2, 5), Response::OkNodata);
+    assert_eq!(stats.context_moves(), 0);
+    let mut fence = 10;
+    for (rgba, px) in [
+        ([1.0, 0.0, 0.0, 1.0], [255, 0, 0, 255]),
+        ([0.0, 1.0, 0.0, 1.0], [0, 255, 0, 255]),
+    ] {
+        fence += 2;
+        assert_eq!(clear(&mut d, 1, 5, rgba, fence), Response::OkNodata);
+        assert_eq!(copy(&mut d, 2, 6, 5, fence + 1), Response::OkNodata);
+        let frame = flush_and_look(&b, &mut d, 6);
+        assert!(
+            frame.chunks(4).all(|p| p == px),
+            "the compositor's copy shows {:?}, the client drew {px:?}",
+            &frame[..4]
+        );
+    }
+    // Nothing drawn since: nothing copied again.
+    let copies = stats.replica_copies();
+    assert_eq!(copies, 2);
+    assert_eq!(copy(&mut d, 2, 6, 5, 20), Response::OkNodata);
+    assert_eq!(stats.replica_copies(), copies);
+    assert_eq!(stats.cross_worker_refusals(), 0);
+    // The client's own view never changed hands.
+    let frame = flush_and_look(&b, &mut d, 5);
+    assert!(frame.chunks(4).all(|p| p == [0, 255, 0, 255]));
+}
+
+/// What cannot be replicated (here a mipmapped texture) is still refused on
+/// another worker, and its owner keeps rendering it.
+#[test]
+fn virgl_resource_of_another_worker_that_cannot_be_replicated_is_refused() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceCreate3d(ResourceCreate3d {
+            resource_id: ResourceId(7),
+            target: TARGET_2D,
+            format: VIRGL_FORMAT_R8G8B8A8_UNORM,
+            bind: BIND,
+            width: SIZE,
+            height: SIZE,
+            depth: 1,
+            array_size: 1,
+            last_level: 2,
+            nr_samples: 0,
+            flags: 0,
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    assert_eq!(attach(&mut d, 1, 7), Response::OkNodata);
     create_target(&mut d, 6);
     assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
     assert_eq!(
@@ -288,12 +366,14 @@ fn virgl_resource_of_another_worker_is_refused_with_invalid_resource_id() {
         Response::OkNodata
     );
     assert_eq!(
-        attach(&mut d, 2, 5),
+        attach(&mut d, 2, 7),
         Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
     );
     assert_eq!(stats.cross_worker_refusals(), 1);
-    assert_eq!(stats.context_moves(), 0);
-    // The owner keeps rendering it.
+    // Its owner keeps rendering (a resource of its own: flushes take
+    // single-level images).
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
     assert_eq!(
         clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 3),
         Response::OkNodata

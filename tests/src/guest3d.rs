@@ -4,10 +4,12 @@
 //! `virtio-gpu-gl-pci` too).
 //!
 //! The initramfs holds busybox, the virtio_gpu modules, `tests/guest/init3d`,
-//! `tests/guest/glclient.c` (built here, dynamically linked), kmscube and
-//! glmark2-es2-drm, and every shared object they and Mesa load, at the
-//! host's paths (the `ldd` closure plus what Mesa opens by name: glvnd's
-//! vendor file and `libEGL_mesa`, `dri/virtio_gpu_dri.so`, `gbm/dri_gbm.so`).
+//! `tests/guest/glclient.c` (built here, dynamically linked), kmscube,
+//! glmark2-es2-drm, weston with `weston-simple-egl`, and every shared object
+//! they and Mesa load, at the host's paths (the `ldd` closure plus what Mesa
+//! and weston open by name: glvnd's vendor file and `libEGL_mesa`,
+//! `dri/virtio_gpu_dri.so`, `gbm/dri_gbm.so`, weston's backend, renderer and
+//! shell).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -29,8 +31,27 @@ const MESA_DLOPENED: &[&str] = &[
     "gbm/dri_gbm.so",
 ];
 const MESA_FILES: &[&str] = &["/usr/share/glvnd/egl_vendor.d/50_mesa.json"];
-/// Clients no one here wrote (Debian packages).
-const CLIENTS: &[&str] = &["/usr/bin/kmscube", "/usr/bin/glmark2-es2-drm"];
+/// Clients no one here wrote (Debian packages): kmscube, glmark2, and
+/// weston 14 (bookworm-backports) with its GL renderer on the DRM backend,
+/// its desktop shell, `weston-simple-egl`, and seatd, the seat it opens its
+/// devices through.
+const CLIENTS: &[&str] = &[
+    "/usr/bin/kmscube",
+    "/usr/bin/glmark2-es2-drm",
+    "/usr/bin/weston",
+    "/usr/bin/weston-simple-egl",
+    "/usr/libexec/weston-desktop-shell",
+    "/usr/sbin/seatd",
+];
+/// What weston opens by name: its backend, renderer and shell.
+const WESTON_DLOPENED: &[&str] = &[
+    "libweston-14/drm-backend.so",
+    "libweston-14/gl-renderer.so",
+    "weston/desktop-shell.so",
+];
+/// Data directories the clients read: glmark2's models, shaders and
+/// textures; the XKB keymaps weston compiles its keyboard's from.
+const DATA_DIRS: &[&str] = &["/usr/share/glmark2", "/usr/share/X11/xkb"];
 
 /// Builds the 3D guest's initramfs in `dir`.
 pub fn build_image(host: &Host, dir: &Path) -> PathBuf {
@@ -52,26 +73,28 @@ pub fn build_image(host: &Host, dir: &Path) -> PathBuf {
 
     let mut objects: Vec<PathBuf> = CLIENTS.iter().map(PathBuf::from).collect();
     objects.push(glclient.clone());
-    for lib in MESA_DLOPENED {
+    let dlopened = || MESA_DLOPENED.iter().chain(WESTON_DLOPENED);
+    for lib in dlopened() {
         let p = Path::new(LIBDIR).join(lib);
         assert!(
             p.exists(),
-            "{} is missing: the 3D guest needs the host's Mesa (tests/run installs it)",
+            "{} is missing: the 3D guest needs the host's Mesa and weston 14 (tests/run \
+             installs them)",
             p.display()
         );
         objects.push(p);
     }
-    for c in CLIENTS {
+    for c in CLIENTS.iter().chain(DATA_DIRS) {
         assert!(
             Path::new(c).exists(),
-            "{c} is missing (tests/run installs kmscube and glmark2-es2-drm)"
+            "{c} is missing (tests/run installs kmscube, glmark2-es2-drm, weston and seatd)"
         );
     }
     let closure = ldd_closure(&objects);
     let mut files: BTreeSet<PathBuf> = closure;
     files.extend(CLIENTS.iter().map(PathBuf::from));
     files.extend(MESA_FILES.iter().map(PathBuf::from));
-    for lib in MESA_DLOPENED {
+    for lib in dlopened() {
         files.insert(Path::new(LIBDIR).join(lib));
     }
     files.remove(&glclient);
@@ -79,16 +102,18 @@ pub fn build_image(host: &Host, dir: &Path) -> PathBuf {
     for f in &files {
         bytes += tree.add(&mut cpio, f);
     }
-    // glmark2's models, shaders and textures.
-    for f in walk(Path::new("/usr/share/glmark2")) {
-        bytes += tree.add(&mut cpio, &f);
+    for d in DATA_DIRS {
+        for f in walk(Path::new(d)) {
+            bytes += tree.add(&mut cpio, &f);
+        }
     }
     // The modules at /lib/modules, wherever /lib leads (after the
     // libraries made it).
     tree.real_dir(&mut cpio, Path::new("/lib/modules"));
     add_guest_modules(&mut cpio, &host.kver);
     println!(
-        "3D guest: {} host files ({} MB) with glclient, kmscube, glmark2-es2-drm and Mesa",
+        "3D guest: {} host files ({} MB) with glclient, kmscube, glmark2-es2-drm, weston \
+         and Mesa",
         files.len(),
         bytes >> 20
     );
@@ -292,6 +317,9 @@ pub struct Outcome {
     /// Exit lines (`G3D-EXIT name status`) of every client.
     pub exits: Vec<(String, i32)>,
     pub metrics: Option<String>,
+    /// Head 0 screendumped twice, 2 s apart, when the guest printed
+    /// `G3D-SHOT` (weston's run).
+    pub shots: Vec<Ppm>,
     pub elapsed: Duration,
 }
 
@@ -361,6 +389,7 @@ pub fn run(
     let mut qmp = Qmp::connect(&files.qmp, deadline).map_err(|e| logs(&e))?;
 
     let mut heads: Vec<HeadCheck> = Vec::new();
+    let mut shots: Vec<Ppm> = Vec::new();
     loop {
         let text = fs::read_to_string(serial).unwrap_or_default();
         // Each KMS head, once its client has printed its last frame's hash
@@ -373,6 +402,19 @@ pub fn run(
                 continue;
             }
             heads.push(screen_check(&mut qmp, dir, h, &logs)?);
+        }
+        if shots.is_empty() && text.lines().any(|l| l.starts_with("G3D-SHOT")) {
+            for k in 0..2 {
+                if k > 0 {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                shots.push(screendump(
+                    &mut qmp,
+                    &dir.join(format!("shot-{k}.ppm")),
+                    0,
+                    &logs,
+                )?);
+            }
         }
         if text.lines().any(|l| l.starts_with("G3D-DONE")) {
             break;
@@ -433,6 +475,7 @@ pub fn run(
         kernel_errors,
         exits,
         metrics,
+        shots,
         elapsed: start.elapsed(),
     })
 }
@@ -461,6 +504,23 @@ fn parse_hash(l: &str) -> Option<HeadCheck> {
     })
 }
 
+/// QMP `screendump` of `head` into `path`, read back.
+fn screendump(
+    qmp: &mut Qmp,
+    path: &Path,
+    head: u32,
+    logs: &dyn Fn(&str) -> String,
+) -> Result<Ppm, String> {
+    let _ = fs::remove_file(path);
+    qmp.execute(&format!(
+        r#"{{"execute":"screendump","arguments":{{"filename":"{}","device":"gpu0","head":{}}}}}"#,
+        path.display(),
+        head
+    ))
+    .map_err(|e| logs(&format!("QMP screendump of head {head}: {e}")))?;
+    Ppm::read(path).map_err(|e| logs(&format!("screendump: {e}")))
+}
+
 /// Screendumps `h.head` until it shows the guest's last frame (at most 10 s:
 /// the client holds it for 20).
 fn screen_check(
@@ -472,14 +532,7 @@ fn screen_check(
     let path = dir.join(format!("screen-{}.ppm", h.head));
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let _ = fs::remove_file(&path);
-        qmp.execute(&format!(
-            r#"{{"execute":"screendump","arguments":{{"filename":"{}","device":"gpu0","head":{}}}}}"#,
-            path.display(),
-            h.head
-        ))
-        .map_err(|e| logs(&format!("QMP screendump of head {}: {e}", h.head)))?;
-        let dump = Ppm::read(&path).map_err(|e| logs(&format!("screendump: {e}")))?;
+        let dump = screendump(qmp, &path, h.head, logs)?;
         h.screen_fnv = crate::qemu::checksum(&dump.rgb);
         let same_size = (dump.width, dump.height) == (h.width, h.height);
         if same_size && h.screen_fnv == h.guest_fnv {

@@ -42,6 +42,13 @@ fn boot(dir: &str, name: &str, plan: &Plan, workers: Option<usize>) -> (WorkDir,
     (work, o)
 }
 
+/// The value of an unlabelled Prometheus sample `name` (0 if absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn report(name: &str, o: &Outcome) {
     println!("---- {name}: {:.1} s", o.elapsed.as_secs_f64());
     for l in o.serial_lines("G3D-DMESG") {
@@ -311,6 +318,115 @@ fn guest3d_virgl_heavy_client_on_its_own_worker_renders_beside_light_ones() {
         "heavy client: {} frames, longest gap {:.1} ms, glFinish p50 {:.0} us; light clients' \
          longest gap {light_gap:.1} ms",
         heavy.frames, heavy.max_gap_ms, heavy.finish_p50_us
+    );
+    work.passed();
+}
+
+/// weston 14 on the DRM backend with its GL renderer (virgl through Mesa),
+/// the desktop shell and two `weston-simple-egl` clients: weston shows its
+/// background colour, both clients' windows are on it, and they move (two
+/// screendumps 2 s apart differ inside the windows, nowhere else). The
+/// compositor samples its clients' buffers, which live on other render
+/// workers than its own context: replicas (`pool.rs`).
+#[test]
+fn guest3d_virgl_weston_shows_its_background_and_two_simple_egl_clients() {
+    let plan = Plan {
+        run: "weston",
+        n: 2,
+        secs: 10,
+        outputs: 1,
+        kms_heads: 0,
+    };
+    let (work, o) = boot(
+        "gpu-reactor-guest3d-weston",
+        "weston and 2 weston-simple-egl on gpu-reactor virgl",
+        &plan,
+        None,
+    );
+    for l in o.serial_lines("G3D-SIMPLE-EGL") {
+        println!("  {l}");
+    }
+    assert!(
+        !o.serial_lines("G3D-WESTON-UP").is_empty(),
+        "weston did not come up:\n{}",
+        o.serial
+    );
+    assert_clean(&o, 0, 0);
+    let names: Vec<&str> = o.exits.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["simple-egl1", "simple-egl2", "weston"],
+        "{}",
+        o.serial
+    );
+    for k in 1..=2 {
+        let fps: Vec<f64> = o
+            .serial_lines(&format!("G3D-SIMPLE-EGL{k} "))
+            .iter()
+            .filter_map(|l| {
+                l.split("seconds: ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        println!("  weston-simple-egl {k}: fps every 5 s {fps:?}");
+        assert!(
+            !fps.is_empty() && fps.iter().all(|f| *f > 0.0),
+            "weston-simple-egl {k} reported no frames:\n{}",
+            o.serial
+        );
+    }
+
+    const BACKGROUND: [u8; 3] = [0x20, 0x40, 0x60];
+    assert_eq!(o.shots.len(), 2, "screendumps taken");
+    let (a, b) = (&o.shots[0], &o.shots[1]);
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    let px =
+        |p: &e2e_tests::qemu::Ppm, i: usize| [p.rgb[3 * i], p.rgb[3 * i + 1], p.rgb[3 * i + 2]];
+    let n = (a.width * a.height) as usize;
+    let w = a.width as usize;
+    for corner in [0, w - 1, n - w, n - 1] {
+        assert_eq!(
+            px(a, corner),
+            BACKGROUND,
+            "weston's background at pixel {corner}"
+        );
+    }
+    let off_background = (0..n).filter(|&i| px(a, i) != BACKGROUND).count();
+    let changed = (0..n).filter(|&i| px(a, i) != px(b, i)).count();
+    // Pixels that are the background in one screendump and not in the
+    // other: a window moved or weston repainted outside the windows.
+    let moved = (0..n)
+        .filter(|&i| (px(a, i) == BACKGROUND) != (px(b, i) == BACKGROUND))
+        .count();
+    println!(
+        "  screen {}x{}: {off_background} pixels off the background, {changed} changed in 2 s, \
+         {moved} on and off the background",
+        a.width, a.height
+    );
+    // A simple-egl window is 250x250; two may overlap, but not entirely.
+    assert!(
+        off_background > 250 * 250 && off_background < n / 2,
+        "windows on weston's background: {off_background} of {n} pixels"
+    );
+    assert!(
+        changed > 1000,
+        "the clients' triangles turn: {changed} pixels changed"
+    );
+    assert!(moved < n / 100, "the background stays: {moved} pixels");
+    // weston's context and the clients' are spread over the 2 render
+    // workers, so at least one client's buffer reached weston's worker as
+    // a replica (without them, weston's attach of it was refused).
+    let metrics = o.metrics.as_deref().unwrap_or_default();
+    let copies = metric(metrics, "gpu_reactor_render_replica_copies_total");
+    println!("  replica copies: {copies}");
+    assert!(copies > 0, "no replica copied:\n{metrics}");
+    assert_eq!(
+        metric(metrics, "gpu_reactor_render_cross_worker_refusals_total"),
+        0
     );
     work.passed();
 }

@@ -7,6 +7,7 @@ pub const VIRGL_FORMAT_R8G8B8A8_UNORM: u32 = 67;
 const CREATE_OBJECT: u32 = 1;
 const SET_FRAMEBUFFER_STATE: u32 = 5;
 const CLEAR: u32 = 7;
+const RESOURCE_COPY_REGION: u32 = 17;
 const OBJECT_SURFACE: u32 = 8;
 const PIPE_CLEAR_COLOR0: u32 = 1 << 2;
 
@@ -64,6 +65,28 @@ pub fn clear_stream(res: u32, rgba: [f32; 4]) -> Vec<u8> {
     words.extend(bind(1));
     words.extend(clear(rgba));
     bytes(&words)
+}
+
+/// A 14-dword stream copying the `width` x `height` top-left rectangle
+/// of `src` into `dst` (2D textures of one format, level 0): how a
+/// compositor's context uses a client's buffer, in the fewest words.
+pub fn copy_stream(dst: u32, src: u32, width: u32, height: u32) -> Vec<u8> {
+    bytes(&[
+        hdr(RESOURCE_COPY_REGION, 0, 13),
+        dst,
+        0, // dst level
+        0, // dst x, y, z
+        0,
+        0,
+        src,
+        0, // src level
+        0, // src box x, y, z, w, h, d
+        0,
+        0,
+        width,
+        height,
+        1,
+    ])
 }
 
 /// An expensive stream on purpose (loadgen's heavy-context): `rounds`

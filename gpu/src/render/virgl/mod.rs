@@ -939,7 +939,42 @@ impl Renderer for Virgl {
     }
 }
 
+impl Virgl {
+    /// Writes `rect` of resource `id` from `pixels` (4 bytes a pixel, rows
+    /// packed): what [`Renderer::read_rect`] reads, the other way. Render
+    /// workers bring a replica of another worker's resource up to date
+    /// with it.
+    pub fn write_rect(&mut self, id: u32, rect: Rect, pixels: &[u8]) -> Result<(), ProtocolError> {
+        let e = self.extent(id)?;
+        if !rect.fits_within(e.width, e.height) {
+            return Err(ProtocolError::RectOutsideResource);
+        }
+        let row = u64::from(rect.width) * BPP;
+        if pixels.len() as u64 != row * u64::from(rect.height) {
+            return Err(ProtocolError::RendererFailed(libc::EINVAL));
+        }
+        if rect.is_empty() {
+            return Ok(());
+        }
+        let stride =
+            u32::try_from(row).map_err(|_| ProtocolError::OutOfMemory { requested: row })?;
+        let mut iov = libc::iovec {
+            iov_base: pixels.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: pixels.len(),
+        };
+        let mut b = ffi::VirglBox::of_rect(rect);
+        // SAFETY: on the init thread; the iovec is `pixels`, borrowed for
+        // the call; the library only reads through it for a write transfer
+        // (the pointer is mutable in its signature only), at most the box's
+        // rows at `row` bytes each, which it checks against the length.
+        let rc = unsafe {
+            ffi::virgl_renderer_transfer_write_iov(id, 0, 0, stride, 0, &mut b, 0, &mut iov, 1)
+        };
+        check("write_rect", id, rc)
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
-pub use super::virgl_cmd::{clear_stream, VIRGL_FORMAT_R8G8B8A8_UNORM};
+pub use super::virgl_cmd::{clear_stream, copy_stream, VIRGL_FORMAT_R8G8B8A8_UNORM};

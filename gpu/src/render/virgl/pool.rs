@@ -35,6 +35,21 @@
 //!   render shard; the slot takes no contexts meanwhile. How a worker
 //!   ended is logged when it was not our kill (a signal by name; SIGSYS
 //!   with where to find the refused system call).
+//! - **Resources shared across workers** (a compositor sampling its
+//!   clients' buffers: weston's context imports every client's window).
+//!   A resource lives on the worker of the context that first used it
+//!   (its home); a context on another worker that attaches it gets a
+//!   *replica* there, a copy brought up to date before each of that
+//!   context's submits when the home side may have written it since (a
+//!   submit by a context that has it attached, a transfer to it): the home
+//!   worker reads it into its read-back area, and the replica's worker
+//!   gets the pixels in `WriteRect` frames held in its queue until they
+//!   are in, so nothing sent to that worker later runs before the copy
+//!   (and since the read is queued on the home worker before that hold,
+//!   holds never wait on each other in a circle). Only single-level 2D
+//!   images of 4 bytes a pixel are replicated (window buffers); others
+//!   are still refused on another worker. A replica is read-only in
+//!   effect: what its worker draws into it stays there.
 //! - **Under a seccomp filter** workers inherit the daemon's filter:
 //!   [`RendererFactory::check_under_filter`] starts one once the filter is
 //!   on, so a worker that cannot run under it stops the daemon at start
@@ -149,6 +164,7 @@ pub struct WorkerStats {
     contexts_lost: AtomicU64,
     cross_worker_refusals: AtomicU64,
     context_moves: AtomicU64,
+    replica_copies: AtomicU64,
     slots: Mutex<Vec<SlotView>>,
 }
 
@@ -177,6 +193,10 @@ impl WorkerStats {
     /// attached.
     pub fn context_moves(&self) -> u64 {
         self.context_moves.load(Ordering::Relaxed)
+    }
+    /// Replicas brought up to date from their resource's home worker.
+    pub fn replica_copies(&self) -> u64 {
+        self.replica_copies.load(Ordering::Relaxed)
     }
     /// The slots of the current pool.
     pub fn slots(&self) -> Vec<SlotView> {
@@ -292,6 +312,12 @@ impl RendererFactory for WorkerPoolFactory {
             "counter",
             "Resource uses refused because the resource lives on another render worker.",
             s.cross_worker_refusals(),
+        );
+        metric(
+            "render_replica_copies_total",
+            "counter",
+            "Replicas of a resource on another render worker brought up to date from its home.",
+            s.replica_copies(),
         );
     }
 }
@@ -618,9 +644,14 @@ impl Drop for ReadBack {
     }
 }
 
-struct Outgoing {
-    frame: Vec<u8>,
-    fds: Vec<OwnedFd>,
+enum Outgoing {
+    Frame {
+        frame: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    },
+    /// Frames that exist once a wait is over (a replica's pixels from its
+    /// home worker), written in their turn: every later frame waits.
+    Later(Pin<Box<dyn Future<Output = Vec<Vec<u8>>>>>),
 }
 
 type LinkRef = Rc<RefCell<Link>>;
@@ -713,7 +744,57 @@ impl Link {
         );
         // A closed channel means the writer stopped: the reader sees the
         // worker go and abandons what it owes, this included.
-        let _ = self.tx.send(Outgoing { frame, fds });
+        let _ = self.tx.send(Outgoing::Frame { frame, fds });
+    }
+
+    /// Queues `WriteRect`s of `id` (`width` pixels wide), one per band of
+    /// `bands`, whose pixels are those `pixels` brings (the whole image,
+    /// rows packed): their sequence numbers are taken now, their frames
+    /// written once the pixels are in, and nothing queued after them goes
+    /// before. No pixels (the home worker failed): the worker gets empty
+    /// writes, which it refuses, and the replica keeps what it had.
+    fn send_later(&mut self, id: u32, width: u32, bands: Vec<Rect>, pixels: ReplyWait) {
+        let now = Instant::now();
+        let seqs: Vec<u64> = bands
+            .iter()
+            .map(|_| {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.owed.insert(
+                    seq,
+                    Owed {
+                        sent: now,
+                        subject: id,
+                        kind: OwedKind::Nothing,
+                    },
+                );
+                seq
+            })
+            .collect();
+        let row = width as usize * 4;
+        let frames = async move {
+            let px = pixels.await.unwrap_or_default();
+            bands
+                .iter()
+                .zip(seqs)
+                .map(|(b, seq)| {
+                    let start = b.y as usize * row;
+                    let band = px
+                        .get(start..start + b.height as usize * row)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default();
+                    wire::encode_request(
+                        seq,
+                        &Request::WriteRect {
+                            id,
+                            rect: *b,
+                            pixels: band,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let _ = self.tx.send(Outgoing::Later(Box::pin(frames)));
     }
 
     fn request(&mut self, req: Request, subject: u32) -> ReplyWait {
@@ -773,9 +854,19 @@ impl Link {
 
 async fn write_frames(sock: reactor::io::AsyncFd, mut rx: reactor::Receiver<Outgoing>) {
     while let Some(o) = rx.recv().await {
-        let mut frame = o.frame;
-        if !o.fds.is_empty() {
-            let fds: Vec<_> = o.fds.iter().map(|f| f.as_fd()).collect();
+        let (mut frame, fds) = match o {
+            Outgoing::Frame { frame, fds } => (frame, fds),
+            Outgoing::Later(frames) => {
+                for f in frames.await {
+                    if sock.write_all(f).await.0.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        if !fds.is_empty() {
+            let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
             let (r, f) = sock.sendmsg(frame, &fds).await;
             match r {
                 Ok(n) => {
@@ -1004,7 +1095,37 @@ struct PoolResource {
     /// `Pool::place`), since the library must hold it wherever its command
     /// streams may name it.
     backing: Option<Vec<crate::protocol::MemEntry>>,
+    /// Counts what may have changed it at home (submits of contexts that
+    /// have it attached there, transfers to it).
+    version: u64,
+    /// Workers holding a replica, and the version each was copied at.
+    replicas: Vec<(Placed, Option<u64>)>,
 }
+
+impl PoolResource {
+    /// A single-level 2D image of 4 bytes a pixel (what `ReadRect` and
+    /// `WriteRect` move) can be replicated on another worker.
+    fn replicable(&self) -> bool {
+        /// virgl's B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8 and
+        /// X8B8G8R8 (UNORM).
+        const FORMATS: [u32; 6] = [1, 2, 3, 4, 67, 68];
+        match &self.kind {
+            ResourceKind::Image2d { .. } => true,
+            ResourceKind::Image3d(c) => {
+                c.target == super::ffi::PIPE_TEXTURE_2D
+                    && c.depth <= 1
+                    && c.array_size <= 1
+                    && c.last_level == 0
+                    && c.nr_samples <= 1
+                    && FORMATS.contains(&c.format)
+            }
+            ResourceKind::HostBlob { .. } | ResourceKind::GuestBlob { .. } => false,
+        }
+    }
+}
+
+/// Rows of a replica's copy per `WriteRect` frame: at most this many bytes.
+const REPLICA_BAND_BYTES: u64 = 4 << 20;
 
 /// All workers of one device instance.
 struct Pool {
@@ -1019,6 +1140,8 @@ struct Pool {
     /// transfer), with what created them: they may still move.
     fresh: HashMap<u32, (u8, Vec<u8>)>,
     resources: HashMap<u32, PoolResource>,
+    /// The resources each context has attached.
+    attached: HashMap<u32, Vec<u32>>,
     /// The newest guest memory the device handed the pool (with a backing
     /// or a transfer): what a resource placed later shares with its worker.
     mem: Option<GuestMem>,
@@ -1156,6 +1279,120 @@ impl Pool {
         Some(wait)
     }
 
+    /// Makes sure worker `at` has a replica of `id` (which lives on
+    /// another worker), creating one if not: the wait for its creation.
+    fn replicate(&mut self, id: u32, at: Placed) -> Result<Option<ReplyWait>, ProtocolError> {
+        let live: Vec<bool> = {
+            let r = self
+                .resources
+                .get(&id)
+                .ok_or(ProtocolError::UnknownResource(id))?;
+            r.replicas
+                .iter()
+                .map(|(p, _)| self.link(*p).is_some())
+                .collect()
+        };
+        let link = self.link(at).ok_or(ProtocolError::RenderWorkerLost(id))?;
+        let r = self
+            .resources
+            .get_mut(&id)
+            .ok_or(ProtocolError::UnknownResource(id))?;
+        // Replicas on workers lost since are gone with them.
+        let mut keep = live.into_iter();
+        r.replicas.retain(|_| keep.next().unwrap_or(false));
+        if r.replicas.iter().any(|(p, _)| p.slot == at.slot) {
+            return Ok(None);
+        }
+        r.replicas.push((at, None));
+        let wait = link.borrow_mut().request(
+            Request::ResCreate {
+                id,
+                kind: r.kind.clone(),
+            },
+            id,
+        );
+        Ok(Some(wait))
+    }
+
+    /// Before a submit of `ctx` on worker `at`: every replica there of a
+    /// resource `ctx` has attached that its home may have written since it
+    /// was copied is copied again, ahead of the submit in `at`'s queue.
+    fn refresh_replicas(&mut self, ctx: u32, at: Placed) {
+        let Some(ids) = self.attached.get(&ctx).cloned() else {
+            return;
+        };
+        for id in ids {
+            let Some(r) = self.resources.get(&id) else {
+                continue;
+            };
+            let (Some(home), version) = (r.home, r.version) else {
+                continue;
+            };
+            let Some(i) = r.replicas.iter().position(|(p, _)| p.slot == at.slot) else {
+                continue;
+            };
+            if home.slot == at.slot || r.replicas[i].1 == Some(version) {
+                continue;
+            }
+            let (width, height) = (r.width, r.height);
+            let (Some(from), Some(to)) = (self.link(home), self.link(at)) else {
+                continue;
+            };
+            let len = u64::from(width) * u64::from(height) * 4;
+            if len == 0 {
+                continue;
+            }
+            let mut f = from.borrow_mut();
+            let Some(offset) = f.readback.alloc(len) else {
+                // The home's read-back area is full: the next submit tries
+                // again.
+                tracing::debug!(resource = id, "no read-back room for a replica copy now");
+                continue;
+            };
+            let slot = ReplySlot::new();
+            f.send(
+                Request::ReadRect {
+                    id,
+                    rect: Rect::new(0, 0, width, height),
+                    shm_offset: offset,
+                },
+                Vec::new(),
+                id,
+                OwedKind::Pixels {
+                    slot: slot.clone(),
+                    offset,
+                    len,
+                },
+            );
+            drop(f);
+            let rows = (REPLICA_BAND_BYTES / (u64::from(width) * 4)).max(1) as u32;
+            let bands = (0..height)
+                .step_by(rows as usize)
+                .map(|y| Rect::new(0, y, width, rows.min(height - y)))
+                .collect();
+            to.borrow_mut()
+                .send_later(id, width, bands, ReplyWait(slot));
+            if let Some(r) = self.resources.get_mut(&id) {
+                r.replicas[i].1 = Some(version);
+            }
+            self.stats.replica_copies.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `ctx` (on `at`) may have written what it has attached there.
+    fn touch(&mut self, ctx: u32, at: Placed) {
+        let Some(ids) = self.attached.get(&ctx) else {
+            return;
+        };
+        for id in ids {
+            if let Some(r) = self.resources.get_mut(id) {
+                if r.home.is_some_and(|h| h.slot == at.slot) {
+                    r.version += 1;
+                }
+            }
+        }
+    }
+
     /// Tells the stats what each slot holds now.
     fn publish(&self) {
         let mut view: Vec<SlotView> = self
@@ -1209,6 +1446,7 @@ impl WorkerPool {
             contexts: HashMap::new(),
             fresh: HashMap::new(),
             resources: HashMap::new(),
+            attached: HashMap::new(),
             mem: None,
         }));
         for slot in 0..n {
@@ -1237,6 +1475,7 @@ impl WorkerPool {
         &mut self,
         id: u32,
         ctx: u32,
+        to_host: bool,
         check: Option<Rect>,
         req: impl FnOnce(Vec<crate::protocol::MemEntry>) -> Request,
         backing: &Backing,
@@ -1261,6 +1500,11 @@ impl WorkerPool {
         let (home, link, created) = p.place(id, want)?;
         if let Some(want) = want {
             p.refuse_elsewhere(id, ctx, home, want)?;
+        }
+        if to_host {
+            if let Some(r) = p.resources.get_mut(&id) {
+                r.version += 1;
+            }
         }
         drop(p);
         self.owe(created);
@@ -1322,6 +1566,7 @@ impl Renderer for WorkerPool {
     fn destroy_context(&mut self, ctx: u32) {
         let mut p = self.pool.borrow_mut();
         p.fresh.remove(&ctx);
+        p.attached.remove(&ctx);
         let Some(at) = p.contexts.remove(&ctx) else {
             return;
         };
@@ -1348,11 +1593,24 @@ impl Renderer for WorkerPool {
             }
         }
         p.fresh.remove(&ctx);
-        let (home, link, created) = p.place(id, Some(at))?;
-        p.refuse_elsewhere(id, ctx, home, at)?;
+        let (home, mut link, created) = p.place(id, Some(at))?;
+        let mut replica = None;
+        if home.slot != at.slot {
+            if p.resources.get(&id).is_some_and(PoolResource::replicable) {
+                replica = p.replicate(id, at)?;
+                link = p.link(at).ok_or(ProtocolError::RenderWorkerLost(ctx))?;
+            } else {
+                p.refuse_elsewhere(id, ctx, home, at)?;
+            }
+        }
+        let ids = p.attached.entry(ctx).or_default();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
         drop(p);
         self.owe(moved);
         self.owe(created);
+        self.owe(replica);
         let wait = link
             .borrow_mut()
             .request(Request::Attach { ctx, res: id }, ctx);
@@ -1361,13 +1619,16 @@ impl Renderer for WorkerPool {
     }
 
     fn detach_resource(&mut self, ctx: u32, id: u32) {
-        let p = self.pool.borrow();
-        let (Ok((at, link)), Some(Some(home))) =
-            (p.context(ctx), p.resources.get(&id).map(|r| r.home))
-        else {
+        let mut p = self.pool.borrow_mut();
+        if let Some(ids) = p.attached.get_mut(&ctx) {
+            ids.retain(|&r| r != id);
+        }
+        let (Ok((at, link)), Some(r)) = (p.context(ctx), p.resources.get(&id)) else {
             return;
         };
-        if at.slot == home.slot {
+        let there = r.home.is_some_and(|h| h.slot == at.slot)
+            || r.replicas.iter().any(|(p, _)| p.slot == at.slot);
+        if there {
             link.borrow_mut().send(
                 Request::Detach { ctx, res: id },
                 Vec::new(),
@@ -1387,7 +1648,10 @@ impl Renderer for WorkerPool {
         let (_, link) = {
             let mut p = self.pool.borrow_mut();
             p.fresh.remove(&ctx);
-            p.context(ctx)?
+            let (at, link) = p.context(ctx)?;
+            p.refresh_replicas(ctx, at);
+            p.touch(ctx, at);
+            (at, link)
         };
         let wait = link.borrow_mut().request(
             Request::Submit {
@@ -1448,6 +1712,8 @@ impl Renderer for WorkerPool {
                 kind: kind.clone(),
                 home: None,
                 backing: None,
+                version: 0,
+                replicas: Vec::new(),
             },
         );
         Ok(())
@@ -1458,7 +1724,11 @@ impl Renderer for WorkerPool {
         let Some(r) = p.resources.remove(&id) else {
             return;
         };
-        if let Some(link) = r.home.and_then(|h| p.link(h)) {
+        for ids in p.attached.values_mut() {
+            ids.retain(|&r| r != id);
+        }
+        let homes = r.home.into_iter().chain(r.replicas.iter().map(|(p, _)| *p));
+        for link in homes.filter_map(|h| p.link(h)) {
             link.borrow_mut()
                 .send(Request::ResDestroy(id), Vec::new(), id, OwedKind::Nothing);
         }
@@ -1525,6 +1795,7 @@ impl Renderer for WorkerPool {
         self.transfer(
             id,
             0,
+            true,
             Some(rect),
             |entries| Request::Transfer2d {
                 id,
@@ -1549,6 +1820,7 @@ impl Renderer for WorkerPool {
         self.transfer(
             t.resource_id.0,
             ctx,
+            to_host,
             None,
             |entries| Request::Transfer3d {
                 ctx,

@@ -86,6 +86,14 @@ pub enum Request {
         entries: Vec<MemEntry>,
     },
     DetachBacking(u32),
+    /// `rect` of `id` (4 bytes a pixel, rows packed) from `pixels`: a
+    /// replica of a resource that lives on another worker, brought up to
+    /// date (see `pool.rs`).
+    WriteRect {
+        id: u32,
+        rect: Rect,
+        pixels: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -221,6 +229,7 @@ const TRANSFER_3D: u8 = 11;
 const READ_RECT: u8 = 12;
 const ATTACH_BACKING: u8 = 13;
 const DETACH_BACKING: u8 = 14;
+const WRITE_RECT: u8 = 15;
 
 const READY: u8 = 100;
 const REPLY: u8 = 101;
@@ -349,6 +358,10 @@ pub fn encode_request(seq: u64, req: &Request) -> Vec<u8> {
             tag(&mut w, DETACH_BACKING);
             w.u32(*id);
         }
+        Request::WriteRect { id, rect, pixels } => {
+            tag(&mut w, WRITE_RECT);
+            w.u32(*id).rect(*rect).bytes(pixels);
+        }
     }
     w.frame()
 }
@@ -468,6 +481,11 @@ pub fn decode_request(body: &[u8]) -> Result<(u64, Request), WireError> {
             entries: r.entries()?,
         },
         DETACH_BACKING => Request::DetachBacking(r.u32()?),
+        WRITE_RECT => Request::WriteRect {
+            id: r.u32()?,
+            rect: r.rect()?,
+            pixels: r.bytes()?,
+        },
         _ => return Err(WireError("unknown request")),
     };
     r.end()?;
@@ -602,6 +620,11 @@ mod tests {
             id: 9,
             rect: Rect::new(0, 0, 4, 2),
             shm_offset: 4096,
+        });
+        round_trip(Request::WriteRect {
+            id: 9,
+            rect: Rect::new(0, 1, 2, 1),
+            pixels: vec![1, 2, 3, 4, 5, 6, 7, 8],
         });
         round_trip(Request::AttachBacking {
             id: 9,

@@ -250,6 +250,7 @@ fn handle(
             v.read_rect(id, rect, &mut px)?;
             shm.write(shm_offset, &px)
         }
+        Request::WriteRect { id, rect, pixels } => v.write_rect(id, rect, &pixels),
     }
 }
 

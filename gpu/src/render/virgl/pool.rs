@@ -47,7 +47,8 @@
 //!   are in, so nothing sent to that worker later runs before the copy
 //!   (and since the read is queued on the home worker before that hold,
 //!   holds never wait on each other in a circle). Only single-level 2D
-//!   images of 4 bytes a pixel are replicated (window buffers); others
+//!   images of 4 bytes a pixel up to 40 MB are replicated (window
+//!   buffers); others
 //!   are still refused on another worker. A replica is read-only in
 //!   effect: what its worker draws into it stays there.
 //! - **Under a seccomp filter** workers inherit the daemon's filter:
@@ -1106,6 +1107,9 @@ impl PoolResource {
     /// A single-level 2D image of 4 bytes a pixel (what `ReadRect` and
     /// `WriteRect` move) can be replicated on another worker.
     fn replicable(&self) -> bool {
+        if u64::from(self.width) * u64::from(self.height) * 4 > REPLICA_MAX_BYTES {
+            return false;
+        }
         /// virgl's B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8 and
         /// X8B8G8R8 (UNORM).
         const FORMATS: [u32; 6] = [1, 2, 3, 4, 67, 68];
@@ -1124,6 +1128,9 @@ impl PoolResource {
     }
 }
 
+/// The largest image replicated (a 3840x2160 window is 33 MB): its copy
+/// must fit the home worker's read-back area beside a scanout's.
+const REPLICA_MAX_BYTES: u64 = 40 << 20;
 /// Rows of a replica's copy per `WriteRect` frame: at most this many bytes.
 const REPLICA_BAND_BYTES: u64 = 4 << 20;
 

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use gpu::device::budget::{BACKING_ENTRY_BYTES, CONTEXT_BYTES, RESOURCE_BYTES};
+use gpu::device::budget::{ATTACHMENT_BYTES, BACKING_ENTRY_BYTES, CONTEXT_BYTES, RESOURCE_BYTES};
 use gpu::protocol::wire::*;
 use gpu::protocol::*;
 use gpu::render::sim::SIM_CAPSET_ID;
@@ -260,6 +260,45 @@ fn resources_and_contexts_cost_a_fixed_charge_which_caps_their_number() {
     );
 }
 
+#[test]
+fn attaching_resources_to_contexts_is_charged_and_refused_past_the_budget() {
+    // 100 images; room for 150 attachments, not the 200 of attaching each
+    // to both contexts.
+    let budget = TWO_CONTEXTS + 100 * (RESOURCE_BYTES + 4) + 150 * ATTACHMENT_BYTES;
+    let (b, mut d) = start_with_budget(budget);
+    let ctx_attach = |ctx, id| {
+        Request::new(GpuCommand::CtxAttachResource(ResourceRef {
+            resource_id: ResourceId(id),
+        }))
+        .with_ctx(ctx)
+    };
+    for id in 1..=100 {
+        assert_eq!(call(&mut d, create_2d(0, id, 1, 1)), Response::OkNodata);
+        assert_eq!(call(&mut d, ctx_attach(1, id)), Response::OkNodata);
+    }
+    let attached = (1..=100)
+        .filter(|&id| call(&mut d, ctx_attach(2, id)) == Response::OkNodata)
+        .count();
+    assert_eq!(attached, 50);
+    other_context_is_served(&mut d);
+    // Detaching (or destroying the resource) gives it back.
+    for id in 1..=50 {
+        let detach = Request::new(GpuCommand::CtxDetachResource(ResourceRef {
+            resource_id: ResourceId(id),
+        }))
+        .with_ctx(1);
+        assert_eq!(call(&mut d, detach), Response::OkNodata);
+    }
+    for id in 51..=100 {
+        assert_eq!(call(&mut d, ctx_attach(2, id)), Response::OkNodata);
+    }
+    assert_eq!(charged_settles_to(&b, budget), budget);
+    for id in 1..=100 {
+        assert_eq!(call(&mut d, unref(id)), Response::OkNodata);
+    }
+    assert_eq!(charged_settles_to(&b, TWO_CONTEXTS), TWO_CONTEXTS);
+}
+
 /// The case: 2000 x (a 1x1 image + a backing of 16384 one-byte
 /// entries) was all accepted, 8000 bytes charged and 780 MB resident.
 #[test]
@@ -362,7 +401,8 @@ fn a_host_blob_past_the_budget_is_out_of_memory() {
     other_context_is_served(&mut d);
     assert_eq!(call(&mut d, unref(1)), Response::OkNodata);
     assert_eq!(call(&mut d, blob(2, 8 * MIB)), Response::OkNodata);
-    let want = TWO_CONTEXTS + 8 * MIB + RESOURCE_BYTES;
+    // A host blob is attached to the context that made it.
+    let want = TWO_CONTEXTS + 8 * MIB + RESOURCE_BYTES + ATTACHMENT_BYTES;
     assert_eq!(charged_settles_to(&b, want), want);
 }
 

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | a resource: its image ([`crate::protocol::ResourceCreate3d::host_bytes`]: format, mips, layers, samples), a host blob's size, plus [`RESOURCE_BYTES`] | at intake (`Directory::add_resource`) | `RESOURCE_UNREF`, reset |
 //! | a context: [`CONTEXT_BYTES`] | at intake (`Directory::add_context`) | `CTX_DESTROY`, reset |
+//! | a resource attached to a context: [`ATTACHMENT_BYTES`] | at intake (`Directory::attach`) | `CTX_DETACH_RESOURCE`, `RESOURCE_UNREF`, `CTX_DESTROY`, reset |
 //! | a backing (`ATTACH_BACKING`): [`BACKING_ENTRY_BYTES`] an entry | on the shard, with the backing | `DETACH_BACKING`, `RESOURCE_UNREF`, reset |
 //! | a blob's entries given at `CREATE_BLOB`: the same | at intake, with the blob | `RESOURCE_UNREF`, reset |
 //! | a command's own buffers while it is held ([`held_bytes`]: `SUBMIT_3D` data, mem entries) | at intake | once its shard ran it |
@@ -43,6 +44,10 @@ pub const RESOURCE_BYTES: u64 = 2048;
 /// (virglrenderer's decoder and sub-context): 16 KiB.
 pub const CONTEXT_BYTES: u64 = 16 << 10;
 
+/// What a resource attached to a context costs: the directory's set slot
+/// and the renderer's (virglrenderer's per-context resource table): 64.
+pub const ATTACHMENT_BYTES: u64 = 64;
+
 /// Host bytes for each guest memory entry of an attached backing: the
 /// device's `Backing` keeps the entry (16 bytes) and its linear offset (8),
 /// and a renderer may keep its own view of the pages (virgl: an iovec of
@@ -69,15 +74,20 @@ impl GuestBudget {
     /// Charges `bytes`, or refuses with `OutOfMemory` when they do not fit
     /// what is left.
     pub fn charge(self: &Arc<Self>, bytes: u64) -> Result<Charge, ProtocolError> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&n| n <= self.limit)
-            })
-            .map_err(|_| ProtocolError::OutOfMemory { requested: bytes })?;
+        self.take(bytes)?;
         Ok(Charge {
             budget: self.clone(),
             bytes,
         })
+    }
+
+    fn take(&self, bytes: u64) -> Result<(), ProtocolError> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&n| n <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|_| ProtocolError::OutOfMemory { requested: bytes })
     }
 
     /// Charges `bytes` if they could be counted at all (`None`: a size
@@ -108,6 +118,21 @@ pub struct Charge {
 impl Charge {
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Charges `bytes` more to the same holder, or refuses as
+    /// [`GuestBudget::charge`] does (the charge is then unchanged).
+    pub fn grow(&mut self, bytes: u64) -> Result<(), ProtocolError> {
+        self.budget.take(bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Gives `bytes` of this charge back (at most all of it).
+    pub fn shrink(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        self.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.bytes -= bytes;
     }
 }
 
@@ -157,6 +182,13 @@ mod tests {
         assert_eq!(b.in_use(), 100);
         assert!(b.charge(u64::MAX).is_err(), "no overflow past u64");
         assert!(b.charge_size(None).is_err());
+        let mut a = a;
+        assert!(a.grow(1).is_err());
+        a.shrink(10);
+        a.grow(5).unwrap();
+        assert_eq!((a.bytes(), b.in_use()), (55, 95));
+        a.shrink(u64::MAX);
+        assert_eq!((a.bytes(), b.in_use()), (0, 40));
         drop(a);
         assert_eq!(b.in_use(), 40);
         drop(c);

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use crate::protocol::{Format, ProtocolError, Rect};
 
-use super::budget::{Charge, GuestBudget, CONTEXT_BYTES, RESOURCE_BYTES};
+use super::budget::{Charge, GuestBudget, ATTACHMENT_BYTES, CONTEXT_BYTES, RESOURCE_BYTES};
 
 #[derive(Debug)]
 pub struct ContextEntry {
     pub shard: usize,
     pub resources: HashSet<u32>,
-    _charge: Charge,
+    /// [`CONTEXT_BYTES`] and [`ATTACHMENT_BYTES`] for each attached resource.
+    charge: Charge,
 }
 
 /// Shape of a resource, for rectangle checks at intake.
@@ -105,7 +106,7 @@ impl Directory {
             ContextEntry {
                 shard,
                 resources: HashSet::new(),
-                _charge: charge,
+                charge,
             },
         );
         Ok(shard)
@@ -168,7 +169,9 @@ impl Directory {
             .ok_or(ProtocolError::UnknownResource(id))?;
         self.bytes = self.bytes.saturating_sub(e.charge.bytes());
         for c in self.contexts.values_mut() {
-            c.resources.remove(&id);
+            if c.resources.remove(&id) {
+                c.charge.shrink(ATTACHMENT_BYTES);
+            }
         }
         Ok(e)
     }
@@ -182,13 +185,18 @@ impl Directory {
         }
     }
 
+    /// Attaches resource `id` to `ctx`, charging [`ATTACHMENT_BYTES`] to
+    /// the context the first time.
     pub fn attach(&mut self, ctx: u32, id: u32) -> Result<(), ProtocolError> {
         self.resource(id)?;
         let c = self
             .contexts
             .get_mut(&ctx)
             .ok_or(ProtocolError::UnknownContext(ctx))?;
-        c.resources.insert(id);
+        if !c.resources.contains(&id) {
+            c.charge.grow(ATTACHMENT_BYTES)?;
+            c.resources.insert(id);
+        }
         Ok(())
     }
 
@@ -200,6 +208,7 @@ impl Directory {
         if !c.resources.remove(&id) {
             return Err(ProtocolError::ResourceNotInContext { ctx, resource: id });
         }
+        c.charge.shrink(ATTACHMENT_BYTES);
         Ok(())
     }
 
@@ -249,6 +258,22 @@ mod tests {
         );
         assert!(d.add_resource(2, img, None, None, &[0]).is_err());
         assert!(d.add_context(1, &[0]).is_err(), "a context costs too");
+        // Attachments cost a context, and are given back with the resource.
+        let mut d2 = Directory::new(
+            1,
+            GuestBudget::new(CONTEXT_BYTES + 2 * RESOURCE_BYTES + ATTACHMENT_BYTES),
+        );
+        d2.add_context(1, &[0]).unwrap();
+        d2.add_resource(1, img, Some(0), None, &[0]).unwrap();
+        d2.add_resource(2, img, Some(0), None, &[0]).unwrap();
+        d2.attach(1, 1).unwrap();
+        d2.attach(1, 1).unwrap(); // again: no second charge
+        assert!(d2.attach(1, 2).is_err());
+        d2.remove_resource(1).unwrap();
+        d2.attach(1, 2).unwrap();
+        d2.detach(1, 2).unwrap();
+        d2.remove_resource(2).unwrap();
+        assert_eq!(d2.budget.in_use(), CONTEXT_BYTES);
         d.remove_resource(1).unwrap();
         d.add_resource(2, img, Some(60), None, &[0]).unwrap();
         assert_eq!(d.bytes_in_use(), 60 + RESOURCE_BYTES);

@@ -649,7 +649,11 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 .directory
                 .add_resource(c.resource_id.0, shape, charge, home, &candidates)?;
             if c.blob_mem.is_host() {
-                o.directory.attach(ctx, c.resource_id.0)?;
+                if let Err(e) = o.directory.attach(ctx, c.resource_id.0) {
+                    // Refused as a whole: the id stays free.
+                    let _ = o.directory.remove_resource(c.resource_id.0);
+                    return Err(e);
+                }
             }
             shard(s)
         }

@@ -448,6 +448,12 @@ impl Owner {
                 self.shared.budget.in_use(),
             ),
             (
+                "guest_memory_limit_bytes",
+                "The guest's memory budget (--max-guest-memory).",
+                "gauge",
+                self.shared.budget.limit(),
+            ),
+            (
                 "pixel_bytes_copied_total",
                 "Pixel bytes copied by the renderers (transfers into host images, read-backs for the display).",
                 "counter",

@@ -2,8 +2,8 @@
 //! path (`-s`) or, as libvirt starts it, on an inherited connected socket
 //! (`--fd=N`), its log in a file; loadgen sessions against it.
 //!
-//! Included by `sandbox.rs` and `libvirt.rs` with `#[path]`; built alone it
-//! is an empty test crate.
+//! Included by `sandbox.rs`, `libvirt.rs` and `daemon_flags.rs` with
+//! `#[path]`; built alone it is an empty test crate.
 #![allow(dead_code)]
 
 use std::fs;

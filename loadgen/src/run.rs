@@ -26,7 +26,7 @@ use crate::scenario::{FenceMode, Plan, Profile, RenderMode, RendererKind, Scenar
 pub enum Backend {
     /// gpu-reactor's device in this process, driven directly (no vhost-user).
     Direct {
-        backend: DirectBackend,
+        backend: Box<DirectBackend>,
         display: Arc<CheckingDisplay>,
     },
     /// Any vhost-user GPU backend, over the real protocol: gpu-reactor
@@ -79,6 +79,9 @@ fn device_config(plan: &Plan) -> DeviceConfig {
         num_scanouts: plan.scanouts.clamp(1, 16),
         width: plan.width,
         height: plan.height,
+        // The guest's budget: the default, or twice the plan's guest RAM
+        // for plans with many large desktops.
+        memory_limit: gpu::device::DEFAULT_GUEST_MEMORY.max(2 * guest_ram_bytes(plan)),
         ..DeviceConfig::default()
     }
 }
@@ -164,6 +167,7 @@ impl Backend {
             ..DirectOptions::default()
         };
         let (backend, driver) = DirectBackend::start(opts)?;
+        let backend = Box::new(backend);
         Ok((Backend::Direct { backend, display }, driver))
     }
 

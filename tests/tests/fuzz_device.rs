@@ -266,4 +266,13 @@ fn random_and_corrupted_command_streams_never_lose_a_chain_and_free_everything()
         "seed {seed:#x}, {resets} resets: {after:?}"
     );
     assert!(b.blob.mappings().is_empty());
+    // ...and every byte charged to the guest's memory budget, once the
+    // shards have run the reset (they give back what they held after it).
+    let deadline = std::time::Instant::now() + T;
+    let mut charged = after.guest_memory_bytes;
+    while charged != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        charged = b.device.stats().unwrap().guest_memory_bytes;
+    }
+    assert_eq!(charged, 0, "seed {seed:#x}: guest memory still charged");
 }

@@ -123,6 +123,15 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     stall_warn_ms: u64,
 
+    /// The guest's memory budget: host memory everything it creates may
+    /// hold together (resource images by format, mips, layers and samples;
+    /// host blobs; backing entries; contexts and resources at a fixed
+    /// cost each; command buffers and flush pixels in flight). Past it,
+    /// commands answer ERR_OUT_OF_MEMORY and the device keeps serving.
+    /// Bytes, or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_bytes)]
+    max_guest_memory: u64,
+
     /// Serve Prometheus text metrics (fence latency per context, commands
     /// in flight, stalls, ...) at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
@@ -155,6 +164,28 @@ struct Args {
     /// Print the vhost-user capabilities JSON (as libvirt reads it) and exit.
     #[arg(long)]
     print_capabilities: bool,
+}
+
+/// `1073741824`, `1024M`, `1G`: bytes, or K/M/G/T (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, unit)) if unit.is_ascii_alphabetic() => {
+            let shift = match unit.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown unit {unit:?} (K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|e| format!("{e}"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "must be from 1 byte to 16 EiB".to_string())
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -293,6 +324,7 @@ fn run(args: Args) -> Result<(), String> {
         max_queue_size: args.queue_size,
         device: DeviceConfig {
             num_scanouts: args.outputs,
+            memory_limit: args.max_guest_memory,
             stall_warn: (args.stall_warn_ms > 0).then(|| Duration::from_millis(args.stall_warn_ms)),
             ..DeviceConfig::default()
         },
@@ -516,4 +548,19 @@ fn serve_metrics(addr: std::net::SocketAddr, backend: Arc<Backend>) -> Result<()
         })
         .map_err(|e| format!("metrics thread: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn max_guest_memory_takes_bytes_or_a_binary_unit() {
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512m"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("1X").is_err());
+        assert!(parse_bytes("99999999T").is_err(), "past 64 bits");
+    }
 }

@@ -25,14 +25,17 @@ use crate::render::{
     BlobMemory, GpuWait, PixelsWait, Renderer, RendererFactory, ResourceKind, Settle,
 };
 
+use super::budget::{backing_bytes, Charge, GuestBudget};
 use super::job::{Done, Extra, Job, Reply, ShardMsg};
 use super::scanout::{BlobPlane, CursorEvent, DisplaySink};
 
 /// Cursor images are 64x64 (virtio 1.3, 5.7.6.10).
 const CURSOR_SIZE: u32 = 64;
 
-struct ShardResource {
+pub(super) struct ShardResource {
     backing: Option<Backing>,
+    /// The backing's entries charged to the guest's budget, while attached.
+    backing_charge: Option<Charge>,
     /// A host blob's memory mapped for reading, once a scanout showed it.
     host_view: Option<HostBlobView>,
     /// Blob mapping at this region offset, once mapped.
@@ -51,6 +54,8 @@ pub struct ShardEnv {
     pub renderer: Arc<dyn RendererFactory>,
     /// The device's count of pixel bytes copied, shared by its shards.
     pub pixel_bytes_copied: Arc<AtomicU64>,
+    /// The guest's memory budget (backing entries, flush buffers).
+    pub budget: Arc<GuestBudget>,
 }
 
 struct State {
@@ -168,13 +173,16 @@ fn execute(env: &ShardEnv, state: &Rc<RefCell<State>>, job: Job) {
             }
         }
     };
+    // What waits keeps only the reply: the command's buffers, and their
+    // charge to the guest's budget, go when this returns.
+    let Job { reply, .. } = job;
     match outcome {
-        Outcome::Now(resp) => respond(env, &job.reply, &resp),
+        Outcome::Now(resp) => respond(env, &reply, &resp),
         Outcome::AfterGpu(resp, wait) => {
             let env = env.clone();
             reactor::spawn_local_named("fence-wait", async move {
                 wait.await;
-                respond(&env, &job.reply, &resp);
+                respond(&env, &reply, &resp);
             });
         }
         Outcome::Later(settle, resp, wait) => {
@@ -192,7 +200,7 @@ fn execute(env: &ShardEnv, state: &Rc<RefCell<State>>, job: Job) {
                         err(e)
                     }
                 };
-                respond(&env, &job.reply, &resp);
+                respond(&env, &reply, &resp);
             });
         }
         Outcome::Detached => {}
@@ -262,6 +270,8 @@ fn run_command(
                     blob_id: c.blob_id,
                 },
             };
+            // Entries given at creation were charged with the blob, at
+            // intake; a backing attached later is charged here.
             let backing = if c.entries.is_empty() {
                 None
             } else {
@@ -290,12 +300,15 @@ fn run_command(
         GpuCommand::ResourceAttachBacking(a) => {
             let id = a.resource_id.0;
             let mem = env.mem.memory();
-            let backing = Backing::new(a.entries.clone(), &mem)?;
             if resource(st, id)?.backing.is_some() {
                 return Err(ProtocolError::BackingAlreadyAttached(id));
             }
+            let charge = env.budget.charge(backing_bytes(a.entries.len()))?;
+            let backing = Backing::new(a.entries.clone(), &mem)?;
             st.renderer.attach_backing(id, &backing, &mem)?;
-            resource(st, id)?.backing = Some(backing);
+            let res = resource(st, id)?;
+            res.backing = Some(backing);
+            res.backing_charge = Some(charge);
             ok
         }
         GpuCommand::ResourceDetachBacking(r) => {
@@ -304,7 +317,9 @@ fn run_command(
                 return Err(ProtocolError::NoBacking(id));
             }
             st.renderer.detach_backing(id)?;
-            resource(st, id)?.backing = None;
+            let res = resource(st, id)?;
+            res.backing = None;
+            res.backing_charge = None;
             ok
         }
         GpuCommand::TransferToHost2d(t) => {
@@ -334,9 +349,18 @@ fn run_command(
             let Extra::Flush(targets) = &job.extra else {
                 return ok;
             };
+            // The pixel buffers are the guest's to pay for until the
+            // display has them.
+            let lens: Vec<usize> = targets
+                .iter()
+                .map(|t| flush_len(t.src))
+                .collect::<Result<_, _>>()?;
+            let total = lens
+                .iter()
+                .try_fold(0u64, |sum, &n| sum.checked_add(n as u64));
+            let buffers = env.budget.charge_size(total)?;
             let mut reads = Vec::with_capacity(targets.len());
-            for t in targets {
-                let len = t.src.width as usize * t.src.height as usize * 4;
+            for (t, &len) in targets.iter().zip(&lens) {
                 let mut buf = env.display.pixel_buffer(len);
                 let read = match t.blob {
                     Some(plane) => Read::Done(
@@ -350,6 +374,7 @@ fn run_command(
                 for (scanout, dst, r) in reads {
                     env.display.update(scanout, dst, r.finish_now()?);
                 }
+                drop(buffers);
                 return ok;
             }
             // Pixels from a render worker: the display gets them, then the
@@ -357,6 +382,7 @@ fn run_command(
             let (env2, state2, reply) = (env.clone(), state.clone(), job.reply.clone());
             reactor::spawn_local_named("flush-readback", async move {
                 let mut resp = Response::OkNodata;
+                let _buffers = buffers;
                 for (scanout, dst, r) in reads {
                     match r.finish().await {
                         Ok(px) => env2.display.update(scanout, dst, px),
@@ -588,6 +614,17 @@ impl HostBlobView {
     }
 }
 
+/// Bytes of a flush's pixel buffer for `src` (4 a pixel).
+fn flush_len(src: Rect) -> Result<usize, ProtocolError> {
+    let n = u64::from(src.width)
+        .checked_mul(u64::from(src.height))
+        .and_then(|n| n.checked_mul(4));
+    n.and_then(|n| usize::try_from(n).ok())
+        .ok_or(ProtocolError::OutOfMemory {
+            requested: n.unwrap_or(u64::MAX),
+        })
+}
+
 fn create(
     st: &mut State,
     id: u32,
@@ -602,6 +639,7 @@ fn create(
         id,
         ShardResource {
             backing,
+            backing_charge: None,
             host_view: None,
             mapped: None,
             lane: BlobLane::default(),

@@ -27,6 +27,7 @@ use crate::protocol::{
 };
 use vm_memory::GuestAddressSpace;
 
+use super::budget::{backing_bytes, held_bytes};
 use super::directory::Shape;
 use super::job::{Done, Extra, Job, QueueKind, Reply, ShardMsg};
 use super::owner::{Owner, OwnerRef};
@@ -427,6 +428,15 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
             return;
         }
     }
+    // What the decoded command holds until its shard ran it, charged
+    // before anything is routed (a refusal leaves no state behind).
+    let held = match o.shared.budget.charge(held_bytes(&req.cmd)) {
+        Ok(c) => c,
+        Err(e) => {
+            o.answer_now(kind, head, &hdr, &area, ticket, &Err(e), mem);
+            return;
+        }
+    };
     match route(o, &req) {
         Ok(Route::Here(resp)) => o.answer_now(kind, head, &hdr, &area, ticket, &Ok(resp), mem),
         Ok(Route::Shard(shard, extra)) => {
@@ -442,6 +452,7 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
                 },
                 cmd: req.cmd,
                 extra,
+                _held: held,
             };
             o.stats.in_flight += 1;
             o.stats.max_in_flight = o.stats.max_in_flight.max(o.stats.in_flight);
@@ -457,10 +468,6 @@ const CONTEXT_IN_FLIGHT: usize = 64;
 enum Route {
     Here(Response),
     Shard(usize, Extra),
-}
-
-fn image_bytes(w: u32, h: u32, depth: u32, layers: u32) -> u64 {
-    u64::from(w) * u64::from(h) * u64::from(depth.max(1)) * u64::from(layers.max(1)) * 4
 }
 
 /// Decides where a command runs, updating the directory and scanout table
@@ -595,7 +602,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 height: c.height,
                 format: Some(c.format),
             };
-            let bytes = image_bytes(c.width, c.height, 1, 1);
+            let bytes = c.host_bytes();
             let home = if ctx != 0 { ctx_home(o).ok() } else { None };
             let candidates = o.candidates().to_vec();
             let s = o
@@ -611,7 +618,7 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 height: c.height,
                 format: Format::from_wire(c.format).ok(),
             };
-            let bytes = image_bytes(c.width, c.height, c.depth, c.array_size);
+            let bytes = c.host_bytes();
             let home = if ctx != 0 { ctx_home(o).ok() } else { None };
             let candidates = o.candidates().to_vec();
             let s = o
@@ -631,13 +638,22 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 size: c.size,
                 mappable: c.blob_flags.mappable(),
             };
-            let charge = if c.blob_mem.is_host() { c.size } else { 0 };
+            // A host blob's memory is ours (a memfd the guest maps and
+            // fills); a guest blob's pages are the guest's own RAM, but the
+            // entries that name them are ours, charged with the blob until
+            // it is unreferenced (here, so a refusal leaves no id behind).
+            let memory = if c.blob_mem.is_host() { c.size } else { 0 };
+            let charge = memory.checked_add(backing_bytes(c.entries.len()));
             let candidates = o.candidates().to_vec();
             let s = o
                 .directory
                 .add_resource(c.resource_id.0, shape, charge, home, &candidates)?;
             if c.blob_mem.is_host() {
-                o.directory.attach(ctx, c.resource_id.0)?;
+                if let Err(e) = o.directory.attach(ctx, c.resource_id.0) {
+                    // Refused as a whole: the id stays free.
+                    let _ = o.directory.remove_resource(c.resource_id.0);
+                    return Err(e);
+                }
             }
             shard(s)
         }

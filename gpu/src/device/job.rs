@@ -3,6 +3,7 @@
 use crate::fence::FenceTicket;
 use crate::protocol::{CtrlHeader, GpuCommand, ResponseArea};
 
+use super::budget::Charge;
 use super::scanout::FlushTarget;
 
 /// Which virtqueue a chain came from.
@@ -40,6 +41,9 @@ pub struct Job {
     pub reply: Reply,
     pub cmd: GpuCommand,
     pub extra: Extra,
+    /// The command's own buffers charged to the guest's budget
+    /// (`budget::held_bytes`), given back when the job is dropped.
+    pub _held: Charge,
 }
 
 /// A command's response is in guest memory; the owner may release it.

@@ -8,6 +8,7 @@
 //! | `completion.rs` | release to the used ring in fence order, interrupt |
 //! | `context.rs` | `ContextShard`: a shard's renderer, resources, blob tasks |
 //! | `directory.rs` | which shard owns which context and resource |
+//! | `budget.rs` | the guest's memory budget: what is charged, when it is given back |
 //! | `scanout.rs` | scanout table, flush targets, `DisplaySink` |
 //! | `job.rs` | messages between owner and shards |
 //!
@@ -15,6 +16,7 @@
 //! in-process frontend) drives; it is `Send` and its calls block until the
 //! owner shard has acted on them, so it must not be used on a shard thread.
 
+pub mod budget;
 mod completion;
 mod context;
 mod directory;
@@ -55,6 +57,10 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Largest control queue (the spec allows 32768; 1024 covers 16 desktops).
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
+/// The default [`DeviceConfig::memory_limit`]: 1 GiB, a desktop guest's
+/// framebuffers and GL resources several times over.
+pub const DEFAULT_GUEST_MEMORY: u64 = 1 << 30;
+
 /// Device settings.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
@@ -62,7 +68,11 @@ pub struct DeviceConfig {
     /// Mode every scanout reports until the VMM says otherwise.
     pub width: u32,
     pub height: u32,
-    /// Host memory all resources together may use.
+    /// The guest's memory budget (the daemon's `--max-guest-memory`): host
+    /// memory everything the guest creates or sends may hold together
+    /// (resources by format, mips, layers and samples, blobs, backing
+    /// entries, contexts, held command buffers, flush pixel buffers; see
+    /// [`budget`]). Past it, commands answer `ERR_OUT_OF_MEMORY`.
     pub memory_limit: u64,
     pub limits: Limits,
     /// Log any command in flight longer than this, with its context and
@@ -76,7 +86,7 @@ impl Default for DeviceConfig {
             num_scanouts: 1,
             width: 1280,
             height: 800,
-            memory_limit: 4 << 30,
+            memory_limit: DEFAULT_GUEST_MEMORY,
             limits: Limits::default(),
             stall_warn: Some(std::time::Duration::from_secs(1)),
         }
@@ -133,6 +143,8 @@ pub(crate) struct DeviceShared {
     pub pixel_bytes_copied: Arc<AtomicU64>,
     /// For the renderer's own metrics (render workers).
     pub renderer: Arc<dyn RendererFactory>,
+    /// The guest's memory budget (`DeviceConfig::memory_limit`).
+    pub budget: Arc<budget::GuestBudget>,
 }
 
 /// A virtio-gpu device running on a reactor.
@@ -183,6 +195,7 @@ impl Device {
         };
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let pixel_bytes_copied = Arc::new(AtomicU64::new(0));
+        let budget = budget::GuestBudget::new(config.memory_limit);
         let mut shards = Vec::with_capacity(n);
         for (i, handle) in reactor.shards().iter().enumerate() {
             let (tx, rx) = reactor::channel();
@@ -196,6 +209,7 @@ impl Device {
                     blob: blob.clone(),
                     renderer: renderer.clone(),
                     pixel_bytes_copied: pixel_bytes_copied.clone(),
+                    budget: budget.clone(),
                 };
                 handle.run(move || {
                     reactor::spawn_local_named("context-shard", context::run(env, rx));
@@ -212,6 +226,7 @@ impl Device {
             blob,
             pixel_bytes_copied,
             renderer,
+            budget,
         });
         let (owner_tx, owner_rx) = reactor::channel();
         let (s, m) = (shared.clone(), mem.clone());

@@ -47,6 +47,8 @@ pub struct OwnerStats {
     pub contexts: u64,
     pub resources: u64,
     pub resource_bytes: u64,
+    /// Bytes charged to the guest's memory budget, of every kind.
+    pub guest_memory_bytes: u64,
     /// Pixel bytes the renderers copied (transfers, display read-backs).
     pub pixel_bytes_copied: u64,
     /// Commands of flooding contexts the pacer held to its budget.
@@ -179,6 +181,7 @@ pub(super) async fn run(
                 s.contexts = contexts as u64;
                 s.resources = resources as u64;
                 s.resource_bytes = o.directory.bytes_in_use();
+                s.guest_memory_bytes = o.shared.budget.in_use();
                 s.pixel_bytes_copied = o.shared.pixel_bytes_copied.load(Ordering::Relaxed);
                 let _ = reply.send(s);
             }
@@ -302,7 +305,7 @@ impl Owner {
             generation: 0,
             mem,
             queues: [None, None],
-            directory: Directory::new(shared.shards.len(), cfg.memory_limit),
+            directory: Directory::new(shared.shards.len(), shared.budget.clone()),
             scanouts: Scanouts::new(cfg.num_scanouts, cfg.width, cfg.height),
             timelines: FenceTimelines::default(),
             chain_limits: ChainLimits::for_limits(&cfg.limits),
@@ -370,7 +373,7 @@ impl Owner {
         self.stop_queue(QueueKind::Cursor);
         self.generation += 1;
         let cfg = &self.shared.config;
-        self.directory = Directory::new(self.shared.shards.len(), cfg.memory_limit);
+        self.directory = Directory::new(self.shared.shards.len(), self.shared.budget.clone());
         self.scanouts = Scanouts::new(cfg.num_scanouts, cfg.width, cfg.height);
         self.timelines = FenceTimelines::default();
         self.stats.in_flight = 0;
@@ -437,6 +440,18 @@ impl Owner {
                 "Host memory charged to resources.",
                 "gauge",
                 self.directory.bytes_in_use(),
+            ),
+            (
+                "guest_memory_bytes",
+                "Host memory charged to the guest's budget (--max-guest-memory): resources, contexts, backing entries, blobs, held command buffers, flush pixel buffers.",
+                "gauge",
+                self.shared.budget.in_use(),
+            ),
+            (
+                "guest_memory_limit_bytes",
+                "The guest's memory budget (--max-guest-memory).",
+                "gauge",
+                self.shared.budget.limit(),
             ),
             (
                 "pixel_bytes_copied_total",

@@ -147,6 +147,32 @@ pub enum ProtocolError {
     },
     /// A 3D box's end overflows 32 bits.
     BoxOverflow,
+    /// `RESOURCE_CREATE_3D` target is not a gallium texture target (0-8).
+    UnknownTarget(u32),
+    /// `RESOURCE_CREATE_3D` width, height, depth or array size above what
+    /// its target allows (`Limits`; 1 where the target has no such axis).
+    Resource3dTooLarge {
+        /// Target given.
+        target: u32,
+        /// Width, height, depth, array size given.
+        extent: [u32; 4],
+        /// The target's limits, in the same order.
+        max: [u32; 4],
+    },
+    /// `RESOURCE_CREATE_3D` with more mip levels than its size has.
+    TooManyMipLevels {
+        /// `last_level` given.
+        last_level: u32,
+        /// The largest for this size.
+        max: u32,
+    },
+    /// `RESOURCE_CREATE_3D` with more samples than the device allows.
+    TooManySamples {
+        /// `nr_samples` given.
+        nr_samples: u32,
+        /// The limit.
+        max: u32,
+    },
     /// `nr_entries` above the device's limit.
     TooManyBackingEntries {
         /// Entries requested.
@@ -377,6 +403,10 @@ impl ProtocolError {
             | ScanoutRectOutsideFramebuffer { .. }
             | StrideTooSmall { .. }
             | BoxOverflow
+            | UnknownTarget(_)
+            | Resource3dTooLarge { .. }
+            | TooManyMipLevels { .. }
+            | TooManySamples { .. }
             | TooManyBackingEntries { .. }
             | ZeroLengthBackingEntry { .. }
             | BackingEntryOverflows { .. }
@@ -468,6 +498,15 @@ impl fmt::Display for ProtocolError {
             ),
             StrideTooSmall { stride, min } => write!(f, "stride {stride} below one row ({min} bytes)"),
             BoxOverflow => write!(f, "3D box overflows 32 bits"),
+            UnknownTarget(t) => write!(f, "unknown texture target {t}"),
+            Resource3dTooLarge { target, extent, max } => write!(
+                f,
+                "target {target}: extent {extent:?} (width, height, depth, layers) exceeds {max:?}"
+            ),
+            TooManyMipLevels { last_level, max } => {
+                write!(f, "last_level {last_level} above {max} for this size")
+            }
+            TooManySamples { nr_samples, max } => write!(f, "{nr_samples} samples exceed {max}"),
             TooManyBackingEntries { n, max } => write!(f, "{n} backing entries exceed the limit {max}"),
             ZeroLengthBackingEntry { index } => write!(f, "backing entry {index} has length 0"),
             BackingEntryOverflows { index } => write!(f, "backing entry {index} wraps the address space"),

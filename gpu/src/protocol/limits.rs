@@ -15,8 +15,20 @@ pub struct Limits {
     pub max_backing_entries: u32,
     /// Largest `SUBMIT_3D` command buffer, in bytes.
     pub max_submit_bytes: u32,
-    /// Largest width or height of a 2D resource or blob scanout.
+    /// Largest width or height of a 2D resource or blob scanout, and of a
+    /// 1D, 2D, rectangle, cube or array texture (`RESOURCE_CREATE_3D`):
+    /// 16384, what current GPUs (and llvmpipe) allow for 2D textures.
     pub max_dimension: u32,
+    /// Largest width, height or depth of a 3D texture (`PIPE_TEXTURE_3D`):
+    /// 2048, GL's `MAX_3D_TEXTURE_SIZE` on current GPUs.
+    pub max_3d_dimension: u32,
+    /// Most layers of an array texture (cube faces count as layers): 2048,
+    /// GL's `MAX_ARRAY_TEXTURE_LAYERS` on current GPUs.
+    pub max_array_layers: u32,
+    /// Most samples per pixel of a multisampled texture: 16.
+    pub max_samples: u32,
+    /// Largest `PIPE_BUFFER` resource, in bytes (its width): 2 GiB.
+    pub max_buffer_bytes: u32,
     /// Longest `CTX_CREATE` debug name; never above the 64-byte field.
     pub max_debug_name: u32,
 }
@@ -27,6 +39,10 @@ impl Default for Limits {
             max_backing_entries: 16 * 1024,
             max_submit_bytes: 4 * 1024 * 1024,
             max_dimension: 16 * 1024,
+            max_3d_dimension: 2048,
+            max_array_layers: 2048,
+            max_samples: 16,
+            max_buffer_bytes: 1 << 31,
             max_debug_name: DEBUG_NAME_SIZE as u32,
         }
     }

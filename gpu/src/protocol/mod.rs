@@ -24,6 +24,7 @@
 //! | `chain.rs` | descriptor chain → bytes, response → chain |
 //! | `config.rs` | [`GpuConfig`], the device configuration space |
 //! | `limits.rs` | [`DecodeContext`] and [`Limits`] |
+//! | `virgl_format.rs` | bytes per texel of the virgl formats (3D resources' host memory) |
 //! | `error.rs` | [`ProtocolError`] |
 //!
 //! ```
@@ -60,6 +61,7 @@ mod limits;
 mod request;
 mod response;
 mod types;
+pub mod virgl_format;
 pub mod wire;
 
 pub use chain::{gather, ChainLimits, GatheredChain, ResponseArea};
@@ -67,7 +69,9 @@ pub use commands::{
     names_context_in_header, required_feature, BlobScanoutLayout, CtxCreate, CursorUpdate,
     GetCapset, GetCapsetInfo, GetEdid, GpuCommand, ResourceAttachBacking, ResourceCreate2d,
     ResourceCreate3d, ResourceCreateBlob, ResourceFlush, ResourceMapBlob, ResourceRef, SetScanout,
-    SetScanoutBlob, Submit3d, Transfer3d, TransferToHost2d,
+    SetScanoutBlob, Submit3d, Transfer3d, TransferToHost2d, PIPE_BUFFER, PIPE_TEXTURE_1D,
+    PIPE_TEXTURE_1D_ARRAY, PIPE_TEXTURE_2D, PIPE_TEXTURE_2D_ARRAY, PIPE_TEXTURE_3D,
+    PIPE_TEXTURE_CUBE, PIPE_TEXTURE_CUBE_ARRAY, PIPE_TEXTURE_RECT,
 };
 pub use config::GpuConfig;
 pub use edid::edid_for;

@@ -239,7 +239,10 @@ impl Renderer for Rutabaga2d {
         }
         // Rutabaga computes the row in u32 and allocates `vec![0; size]`
         // (an abort, not an error, if it cannot): keep both in range here.
-        let bytes = u64::from(width) * u64::from(height) * BPP;
+        let bytes = u64::from(width)
+            .checked_mul(u64::from(height))
+            .and_then(|n| n.checked_mul(BPP))
+            .unwrap_or(u64::MAX);
         if u32::try_from(u64::from(width) * BPP).is_err() {
             return Err(ProtocolError::OutOfMemory { requested: bytes });
         }

@@ -280,9 +280,16 @@ fn memfd(size: u64) -> Result<OwnedFd, ProtocolError> {
     Ok(fd)
 }
 
+/// Bytes of an image the sim keeps (4 a pixel); guest values, so checked.
 fn image_bytes(width: u32, height: u32, depth: u32) -> Result<usize, ProtocolError> {
-    let n = u64::from(width) * u64::from(height) * u64::from(depth.max(1)) * 4;
-    usize::try_from(n).map_err(|_| ProtocolError::OutOfMemory { requested: n })
+    let n = u64::from(width)
+        .checked_mul(u64::from(height))
+        .and_then(|n| n.checked_mul(u64::from(depth.max(1))))
+        .and_then(|n| n.checked_mul(4));
+    n.and_then(|n| usize::try_from(n).ok())
+        .ok_or(ProtocolError::OutOfMemory {
+            requested: n.unwrap_or(u64::MAX),
+        })
 }
 
 impl Renderer for SimRenderer {
@@ -457,7 +464,13 @@ impl Renderer for SimRenderer {
         self.copied += res.materialize()?;
         let row = rect.width as usize * 4;
         for y in 0..rect.height {
-            let src = offset + u64::from(y) * stride;
+            // `offset` is the guest's: a sum past 64 bits is past the backing.
+            let src = offset.checked_add(u64::from(y) * stride).ok_or(
+                ProtocolError::TransferBeyondBacking {
+                    needed: u64::MAX,
+                    backing: backing.len(),
+                },
+            )?;
             let dst = ((rect.y + y) as usize * res.width as usize + rect.x as usize) * 4;
             backing.read(mem, src, &mut res.pixels[dst..dst + row])?;
             self.copied += row as u64;
@@ -497,7 +510,12 @@ impl Renderer for SimRenderer {
             u64::from(t.stride)
         };
         for y in 0..b.h {
-            let guest = t.offset + u64::from(y) * stride;
+            let guest = t.offset.checked_add(u64::from(y) * stride).ok_or(
+                ProtocolError::TransferBeyondBacking {
+                    needed: u64::MAX,
+                    backing: backing.len(),
+                },
+            )?;
             let host = ((b.y + y) as usize * res.width as usize + b.x as usize) * 4;
             let span = &mut res.pixels[host..host + row];
             if to_host {

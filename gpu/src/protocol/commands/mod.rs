@@ -10,7 +10,11 @@ mod query;
 mod resource;
 
 pub use blob::{BlobScanoutLayout, ResourceCreateBlob, ResourceMapBlob, SetScanoutBlob};
-pub use context3d::{CtxCreate, ResourceCreate3d, Submit3d, Transfer3d};
+pub use context3d::{
+    CtxCreate, ResourceCreate3d, Submit3d, Transfer3d, PIPE_BUFFER, PIPE_TEXTURE_1D,
+    PIPE_TEXTURE_1D_ARRAY, PIPE_TEXTURE_2D, PIPE_TEXTURE_2D_ARRAY, PIPE_TEXTURE_3D,
+    PIPE_TEXTURE_CUBE, PIPE_TEXTURE_CUBE_ARRAY, PIPE_TEXTURE_RECT,
+};
 pub use cursor::CursorUpdate;
 pub use query::{GetCapset, GetCapsetInfo, GetEdid};
 pub use resource::{
@@ -205,7 +209,9 @@ impl GpuCommand {
             VIRTIO_GPU_CMD_CTX_DESTROY => C::CtxDestroy,
             VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE => C::CtxAttachResource(ResourceRef::decode(r)?),
             VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE => C::CtxDetachResource(ResourceRef::decode(r)?),
-            VIRTIO_GPU_CMD_RESOURCE_CREATE_3D => C::ResourceCreate3d(ResourceCreate3d::decode(r)?),
+            VIRTIO_GPU_CMD_RESOURCE_CREATE_3D => {
+                C::ResourceCreate3d(ResourceCreate3d::decode(r, ctx)?)
+            }
             VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D => C::TransferToHost3d(Transfer3d::decode(r)?),
             VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D => C::TransferFromHost3d(Transfer3d::decode(r)?),
             VIRTIO_GPU_CMD_SUBMIT_3D => C::Submit3d(Submit3d::decode(r, ctx)?),

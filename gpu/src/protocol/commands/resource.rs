@@ -41,6 +41,14 @@ impl ResourceCreate2d {
         })
     }
 
+    /// Host bytes the image takes; `None` if that does not fit 64 bits
+    /// (never under the decoder's limits).
+    pub fn host_bytes(&self) -> Option<u64> {
+        u64::from(self.width)
+            .checked_mul(u64::from(self.height))?
+            .checked_mul(u64::from(self.format.bytes_per_pixel()))
+    }
+
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         for v in [
             self.resource_id.0,

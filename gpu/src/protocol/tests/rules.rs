@@ -442,6 +442,126 @@ fn create_2d_with_zero_width_or_height_is_invalid_parameter() {
     }
 }
 
+/// A 2D render target of `w` x `h`, otherwise as a guest's Mesa sends it.
+fn create_3d(target: u32, extent: [u32; 4]) -> ResourceCreate3d {
+    let [width, height, depth, array_size] = extent;
+    ResourceCreate3d {
+        resource_id: ResourceId(1),
+        target,
+        format: 67, // R8G8B8A8_UNORM
+        bind: 2,
+        width,
+        height,
+        depth,
+        array_size,
+        last_level: 0,
+        nr_samples: 0,
+        flags: 0,
+    }
+}
+
+fn bytes_3d(c: ResourceCreate3d) -> Vec<u8> {
+    bytes_of(GpuCommand::ResourceCreate3d(c))
+}
+
+#[test]
+fn create_3d_with_an_unknown_target_is_invalid_parameter() {
+    expect(
+        &bytes_3d(create_3d(9, [1, 1, 1, 1])),
+        &full_ctx(),
+        ProtocolError::UnknownTarget(9),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+}
+
+#[test]
+fn create_3d_with_an_unknown_format_is_invalid_parameter() {
+    let mut c = create_3d(PIPE_TEXTURE_2D, [1, 1, 1, 1]);
+    c.format = 313;
+    expect(
+        &bytes_3d(c),
+        &full_ctx(),
+        ProtocolError::UnknownFormat(313),
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+}
+
+#[test]
+fn create_3d_larger_than_its_target_allows_is_invalid_parameter() {
+    let (d, d3, l) = (16384, 2048, 2048);
+    // (target, the largest extent it takes, each axis one past it)
+    let table = [
+        (PIPE_BUFFER, [1 << 31, 1, 1, 1]),
+        (PIPE_TEXTURE_1D, [d, 1, 1, 1]),
+        (PIPE_TEXTURE_2D, [d, d, 1, 1]),
+        (PIPE_TEXTURE_RECT, [d, d, 1, 1]),
+        (PIPE_TEXTURE_3D, [d3, d3, d3, 1]),
+        (PIPE_TEXTURE_CUBE, [d, d, 1, 6]),
+        (PIPE_TEXTURE_1D_ARRAY, [d, 1, 1, l]),
+        (PIPE_TEXTURE_2D_ARRAY, [d, d, 1, l]),
+        (PIPE_TEXTURE_CUBE_ARRAY, [d, d, 1, l]),
+    ];
+    for (target, max) in table {
+        let at_max = decode(&bytes_3d(create_3d(target, max)), &full_ctx());
+        assert!(at_max.is_ok(), "target {target} at {max:?}: {at_max:?}");
+        for axis in 0..4 {
+            let mut extent = max;
+            extent[axis] += 1;
+            expect(
+                &bytes_3d(create_3d(target, extent)),
+                &full_ctx(),
+                ProtocolError::Resource3dTooLarge {
+                    target,
+                    extent,
+                    max,
+                },
+                VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+            );
+        }
+    }
+    // Zero depth and layers are taken as one, as virglrenderer takes them.
+    assert!(decode(
+        &bytes_3d(create_3d(PIPE_TEXTURE_2D, [4, 4, 0, 0])),
+        &full_ctx()
+    )
+    .is_ok());
+}
+
+#[test]
+fn create_3d_with_more_mip_levels_than_its_size_has_is_invalid_parameter() {
+    // 1024 = 2^10: levels 0..=10 reach 1x1; virglrenderer takes one more.
+    let mut c = create_3d(PIPE_TEXTURE_2D, [1024, 16, 1, 1]);
+    c.last_level = 11;
+    assert!(decode(&bytes_3d(c), &full_ctx()).is_ok());
+    c.last_level = 12;
+    expect(
+        &bytes_3d(c),
+        &full_ctx(),
+        ProtocolError::TooManyMipLevels {
+            last_level: 12,
+            max: 11,
+        },
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+}
+
+#[test]
+fn create_3d_with_more_than_16_samples_is_invalid_parameter() {
+    let mut c = create_3d(PIPE_TEXTURE_2D, [64, 64, 1, 1]);
+    c.nr_samples = 16;
+    assert!(decode(&bytes_3d(c), &full_ctx()).is_ok());
+    c.nr_samples = 17;
+    expect(
+        &bytes_3d(c),
+        &full_ctx(),
+        ProtocolError::TooManySamples {
+            nr_samples: 17,
+            max: 16,
+        },
+        VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+    );
+}
+
 #[test]
 fn create_2d_larger_than_max_dimension_is_invalid_parameter() {
     assert!(decode(&bytes_of(create_2d(16384, 16384)), &full_ctx()).is_ok());

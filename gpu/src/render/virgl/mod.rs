@@ -911,7 +911,7 @@ impl Renderer for Virgl {
         let row = u64::from(rect.width) * BPP;
         let stride =
             u32::try_from(row).map_err(|_| ProtocolError::OutOfMemory { requested: row })?;
-        let len = row * u64::from(rect.height);
+        let len = row.saturating_mul(u64::from(rect.height));
         let len =
             usize::try_from(len).map_err(|_| ProtocolError::OutOfMemory { requested: len })?;
         let start = out.len();

@@ -1859,7 +1859,14 @@ impl Renderer for WorkerPool {
         if !rect.fits_within(r.width, r.height) {
             return ready(Err(ProtocolError::RectOutsideResource));
         }
-        let len = u64::from(rect.width) * u64::from(rect.height) * 4;
+        let len = u64::from(rect.width)
+            .checked_mul(u64::from(rect.height))
+            .and_then(|n| n.checked_mul(4));
+        let Some(len) = len.filter(|&n| usize::try_from(n).is_ok()) else {
+            return ready(Err(ProtocolError::OutOfMemory {
+                requested: u64::MAX,
+            }));
+        };
         let Some(home) = r.home else {
             // Never rendered to nor written: what a fresh resource holds.
             return ready(Ok(vec![0; len as usize]));

@@ -259,6 +259,42 @@ pub fn peer_table(rows: &[PeerRow]) -> String {
 }
 
 /// The whole page.
+/// The latest `bench guest3d` run (its records share a revision and date):
+/// per client count, gpu-reactor beside QEMU's virtio-gpu-gl.
+fn guest3d_table(records: &[Record]) -> String {
+    let Some(last) = records.iter().rev().find(|r| r.kind == "guest3d") else {
+        return "<p>No real-guest comparison in this history (run <code>bench guest3d</code>).</p>"
+            .into();
+    };
+    let run: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.kind == "guest3d" && r.stamp == last.stamp)
+        .collect();
+    let mut t = format!(
+        "<p>{} at {}</p><table id=\"guest3d\"><thead><tr><th>backend / clients</th><th>frames/s</th><th>KMS frames/s</th><th>glFinish p50 ms</th><th>glFinish p99 ms</th><th>longest gap ms</th><th>readback errors</th><th>kernel errors</th><th>QMP p99 ms</th></tr></thead><tbody>",
+        esc(&last.stamp.rev),
+        esc(&last.stamp.date)
+    );
+    for r in run {
+        let m = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
+            esc(r.case.trim_start_matches("guest3d/")),
+            m("frames_per_s"),
+            m("kms_frames_per_s"),
+            m("finish_p50_us") / 1e3,
+            m("finish_p99_us") / 1e3,
+            m("max_gap_ms"),
+            m("readback_errors"),
+            m("kernel_errors"),
+            m("qmp_p99_ms"),
+        );
+    }
+    t.push_str("</tbody></table>");
+    t
+}
+
 pub fn render(records: &[Record], skipped: usize) -> String {
     let mut h = String::from(
         r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>gpu-reactor bench dashboard</title><style>
@@ -321,6 +357,9 @@ td:first-child,th:first-child{text-align:left}
             h.push_str("<p>No peer comparison in this history (run <code>bench peers</code>).</p>")
         }
     }
+
+    h.push_str("<h2>Real 3D guest (latest <code>bench guest3d</code>)</h2>");
+    h.push_str(&guest3d_table(records));
 
     let loadgen = by_case(records, "loadgen");
 
@@ -497,6 +536,29 @@ mod tests {
         );
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 3);
+    }
+
+    #[test]
+    fn the_latest_guest3d_run_is_a_table_row_per_backend_and_count() {
+        let line = |rev: &str, case: &str, fps: f64| {
+            format!(
+                r#"{{"kind":"guest3d","case":"guest3d/{case}","rev":"{rev}","date":"d","machine":{{"cores":2,"kernel":"k","cpu":"c"}},"metrics":{{"frames_per_s":{fps}}}}}"#
+            )
+        };
+        let text = [
+            line("old", "gpu-reactor/1", 1.0),
+            line("new", "gpu-reactor/1", 61.5),
+            line("new", "qemu-virtio-gpu-gl/1", 30.25),
+        ]
+        .join("\n");
+        let (recs, _) = history::parse(&text);
+        let page = render(&recs, 0);
+        let table = &page[page.find(r#"<table id="guest3d">"#).expect("the table")..];
+        let table = &table[..table.find("</table>").unwrap()];
+        assert_eq!(table.matches("<tr><td>").count(), 2, "{table}");
+        assert!(table.contains("<td>gpu-reactor/1</td><td>61.5</td>"));
+        assert!(table.contains("<td>qemu-virtio-gpu-gl/1</td><td>30.2</td>"));
+        assert!(render(&[], 0).contains("run <code>bench guest3d</code>"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   history line per case ([`matrix`], [`history`]).
 //! * `dashboard` — a static HTML page of the history ([`dashboard`]).
 //! * `peers` — loadgen against every peer backend found ([`peers`]).
+//! * `guest3d` — a real Linux guest's GL clients on gpu-reactor and on
+//!   QEMU's own virtio-gpu-gl, alternating ([`guest3d_bench`]).
 //! * `ab` — the regression gate: REV and HEAD interleaved, ratios with
 //!   confidence intervals ([`ab`]).
 //!
@@ -18,6 +20,7 @@
 mod ab;
 mod dashboard;
 mod device_bench;
+mod guest3d_bench;
 mod history;
 mod matrix;
 mod peers;
@@ -49,6 +52,10 @@ enum Command {
     Dashboard(DashboardArgs),
     /// loadgen's 2d (and 3d) profile against every backend found, side by side.
     Peers(PeersArgs),
+    /// A real Linux guest's GL clients (Mesa virgl; 1 on KMS, the rest
+    /// offscreen) on gpu-reactor and on QEMU's own virtio-gpu-gl-pci,
+    /// alternating in one run; one history line per backend and count.
+    Guest3d(Guest3dArgs),
     /// Regression gate: builds REV in a git worktree and HEAD, runs their
     /// loadgen interleaved, reports HEAD/REV ratios; exit 1 on a regression.
     Ab(AbArgs),
@@ -66,6 +73,7 @@ impl Command {
             Command::Run(args) => run_matrix(args),
             Command::Dashboard(args) => run_dashboard(args),
             Command::Peers(args) => run_peers(args),
+            Command::Guest3d(args) => run_guest3d(args),
             Command::Ab(args) => run_ab(args),
             Command::Loadgen(args) => run_loadgen(args),
         }
@@ -283,6 +291,55 @@ fn run_peers(args: PeersArgs) -> Result<(), String> {
         peers::render_table(&rows, opts.duration.as_secs_f64())
     );
     history::append(&args.history, &[peers::record(&stamp, &opts, rows)])
+}
+
+#[derive(Debug, Args)]
+struct Guest3dArgs {
+    /// Client counts, comma-separated (each: 1 KMS client, the rest offscreen).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    clients: Vec<u32>,
+    /// Seconds each client renders.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+    secs: u32,
+    /// Rounds (each boots every count on both backends, the order flipping).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// The gpu-reactor daemon, built with `--features virgl` (default: the
+    /// one beside this binary).
+    #[arg(long, value_name = "PATH")]
+    daemon: Option<PathBuf>,
+    /// gpu-reactor's `--render-workers` (default: the daemon's).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=64))]
+    render_workers: Option<u16>,
+    /// History file to append to.
+    #[arg(long, default_value = history::DEFAULT_PATH)]
+    history: PathBuf,
+}
+
+fn run_guest3d(args: Guest3dArgs) -> Result<(), String> {
+    let daemon = args.daemon.unwrap_or_else(guest3d_bench::default_daemon);
+    if !daemon.exists() {
+        return Err(format!(
+            "{} does not exist: build it with `cargo build --release -p gpu --features virgl \
+             --bin gpu-reactor`, or name it with --daemon",
+            daemon.display()
+        ));
+    }
+    let opts = guest3d_bench::Options {
+        clients: args.clients,
+        secs: args.secs,
+        rounds: args.rounds,
+        daemon,
+        workers: args.render_workers.map(usize::from),
+        dir: std::env::temp_dir().join(format!("gpu-reactor-bench-guest3d-{}", std::process::id())),
+    };
+    let stamp = history::Stamp::now();
+    let rows = guest3d_bench::run(&opts, |l| eprintln!("bench guest3d: {l}"))?;
+    print!("{}", guest3d_bench::render_table(&rows));
+    history::append(&args.history, &guest3d_bench::records(&stamp, &opts, &rows))?;
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    Ok(())
 }
 
 #[derive(Debug, Args)]

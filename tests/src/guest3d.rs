@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::qemu::{
-    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, BootFiles, Cpio, Host, Ppm, Qmp,
-    BUSYBOX,
+    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, BootFiles, Cpio, Guard, Host, Ppm,
+    Qmp, BUSYBOX,
 };
 
 const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
@@ -244,6 +244,46 @@ pub enum Backend {
         /// `--render-workers`; `None`: the daemon's default.
         workers: Option<usize>,
     },
+    /// QEMU's own `virtio-gpu-gl-pci` (virglrenderer in QEMU's main loop)
+    /// on a GL display under Xvfb: the seed's system. Its screendump
+    /// answers "no surface" for virgl scanouts, so heads are not
+    /// screendumped; the guest's own read-backs still check every client.
+    QemuGl,
+}
+
+/// An X server for QEMU's GL display, and its name (`:N`).
+fn start_xvfb(dir: &Path) -> Result<(Guard, String), String> {
+    let n = 50 + std::process::id() % 900;
+    let name = format!(":{n}");
+    let log = fs::File::create(dir.join("xvfb.log")).unwrap();
+    let mut cmd = Command::new("Xvfb");
+    cmd.arg(&name)
+        .args([
+            "-screen",
+            "0",
+            "1600x1200x24",
+            "+extension",
+            "GLX",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut x = Guard::spawn("Xvfb", &mut cmd)?;
+    let sock = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if let Some(st) = x.exited() {
+            let log = fs::read_to_string(dir.join("xvfb.log")).unwrap_or_default();
+            return Err(format!("Xvfb {name} exited: {st}\n{log}"));
+        }
+        if Instant::now() > until {
+            return Err(format!("Xvfb {name} did not listen within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((x, name))
 }
 
 /// What the guest runs (`tests/guest/init3d`).
@@ -320,6 +360,9 @@ pub struct Outcome {
     /// Head 0 screendumped twice, 2 s apart, when the guest printed
     /// `G3D-SHOT` (weston's run).
     pub shots: Vec<Ppm>,
+    /// QMP `query-status` round trips (ms), one per 100 ms of the run: how
+    /// responsive QEMU's main loop stayed (QEMU's own virgl runs there).
+    pub qmp_ms: Vec<f64>,
     pub elapsed: Duration,
 }
 
@@ -359,7 +402,20 @@ pub fn run(
     let logs = |what: &str| files.logs(what);
 
     let metrics_addr = free_local_addr();
-    let mut cmd = match backend {
+    // KMS clients hold their last frame this long for the screendump.
+    let screendumps = matches!(backend, Backend::GpuReactor { .. });
+    let hold = if plan.kms_heads > 0 && screendumps {
+        20
+    } else {
+        0
+    };
+    let append = format!(
+        "quiet loglevel=4 g3d.run={} g3d.n={} g3d.secs={} g3d.hold={hold}",
+        plan.run, plan.n, plan.secs
+    );
+    // `backend_proc`: what runs beside QEMU and stops after it (the
+    // backend, or QEMU's X server).
+    let (mut backend_proc, mut qemu) = match backend {
         Backend::GpuReactor { bin, workers } => {
             let mut c = Command::new(bin);
             c.arg("-s").arg(&files.sock).args(["--renderer", "virgl"]);
@@ -369,28 +425,27 @@ pub fn run(
                 c.arg("--render-workers").arg(w.to_string());
             }
             c.env("RUST_LOG", "warn");
-            c
+            let b = files.start_backend(&mut c)?;
+            let q = files.start_qemu(host, 2048, plan.outputs, initrd, &append)?;
+            (b, q)
+        }
+        Backend::QemuGl => {
+            let (x, name) = start_xvfb(dir).map_err(|e| logs(&e))?;
+            let q = files.start_qemu_gl(host, 2048, plan.outputs, &name, initrd, &append)?;
+            (x, q)
         }
     };
-    let mut backend_proc = files.start_backend(&mut cmd)?;
-    // KMS clients hold their last frame this long for the screendump.
-    let hold = if plan.kms_heads > 0 { 20 } else { 0 };
-    let mut qemu = files.start_qemu(
-        host,
-        2048,
-        plan.outputs,
-        initrd,
-        &format!(
-            "quiet loglevel=4 g3d.run={} g3d.n={} g3d.secs={} g3d.hold={hold}",
-            plan.run, plan.n, plan.secs
-        ),
-    )?;
     let serial = &files.serial;
     let mut qmp = Qmp::connect(&files.qmp, deadline).map_err(|e| logs(&e))?;
 
     let mut heads: Vec<HeadCheck> = Vec::new();
     let mut shots: Vec<Ppm> = Vec::new();
+    let mut qmp_ms = Vec::new();
     loop {
+        let asked = Instant::now();
+        qmp.execute(r#"{"execute":"query-status"}"#)
+            .map_err(|e| logs(&format!("QMP query-status: {e}")))?;
+        qmp_ms.push(asked.elapsed().as_secs_f64() * 1e3);
         let text = fs::read_to_string(serial).unwrap_or_default();
         // Each KMS head, once its client has printed its last frame's hash
         // (it holds that frame on screen for `hold` seconds).
@@ -401,7 +456,11 @@ pub fn run(
             if heads.iter().any(|c| c.head == h.head) {
                 continue;
             }
-            heads.push(screen_check(&mut qmp, dir, h, &logs)?);
+            if screendumps {
+                heads.push(screen_check(&mut qmp, dir, h, &logs)?);
+            } else {
+                heads.push(h);
+            }
         }
         if shots.is_empty() && text.lines().any(|l| l.starts_with("G3D-SHOT")) {
             for k in 0..2 {
@@ -440,7 +499,7 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let metrics = scrape(metrics_addr).ok();
+    let metrics = screendumps.then(|| scrape(metrics_addr).ok()).flatten();
     match files.stop(qmp, &mut qemu, &mut backend_proc)? {
         st if st.success() => {}
         st => return Err(logs(&format!("the backend's exit after SIGTERM: {st}"))),
@@ -476,6 +535,7 @@ pub fn run(
         exits,
         metrics,
         shots,
+        qmp_ms,
         elapsed: start.elapsed(),
     })
 }

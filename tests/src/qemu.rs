@@ -656,23 +656,66 @@ impl BootFiles {
         initrd: &Path,
         append: &str,
     ) -> Result<Guard, String> {
-        let log = fs::File::create(&self.qemu_log).unwrap();
         let mut cmd = Command::new(&host.qemu);
-        cmd.args(["-accel", "tcg", "-nodefaults", "-vga", "none"])
-            .arg("-m")
-            .arg(mem_mb.to_string())
-            .args(["-display", "none", "-no-reboot"])
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-memfd,id=mem,size={mem_mb}M,share=on"
-            ))
-            .args(["-numa", "node,memdev=mem"])
+        cmd.args(["-display", "none"])
             .arg("-chardev")
             .arg(format!("socket,id=vgpu,path={}", self.sock.display()))
             .arg("-device")
             .arg(format!(
                 "vhost-user-gpu-pci,chardev=vgpu,id=gpu0,max_outputs={max_outputs}"
+            ));
+        self.boot_qemu(cmd, mem_mb, host, initrd, append)
+    }
+
+    /// Starts QEMU with its own in-process virgl, `virtio-gpu-gl-pci`, the
+    /// seed's system: its GL display is SDL (one head) or GTK (more; SDL
+    /// aborts with `max_outputs=2`) on the X server `x_display`, whose GL is
+    /// the host's llvmpipe.
+    pub fn start_qemu_gl(
+        &self,
+        host: &Host,
+        mem_mb: u32,
+        max_outputs: u32,
+        x_display: &str,
+        initrd: &Path,
+        append: &str,
+    ) -> Result<Guard, String> {
+        let mut cmd = Command::new(&host.qemu);
+        let ui = if max_outputs > 1 {
+            "gtk,gl=on"
+        } else {
+            "sdl,gl=on"
+        };
+        cmd.env("DISPLAY", x_display)
+            .args(["-display", ui])
+            .arg("-device")
+            .arg(format!(
+                "virtio-gpu-gl-pci,id=gpu0,max_outputs={max_outputs}"
+            ));
+        self.boot_qemu(cmd, mem_mb, host, initrd, append)
+    }
+
+    /// The rest of QEMU's command line, both GPU devices alike: TCG,
+    /// `mem_mb` of RAM as a shared memfd, the serial console to a file,
+    /// QMP, the host's kernel and `initrd`.
+    fn boot_qemu(
+        &self,
+        mut cmd: Command,
+        mem_mb: u32,
+        host: &Host,
+        initrd: &Path,
+        append: &str,
+    ) -> Result<Guard, String> {
+        let log = fs::File::create(&self.qemu_log).unwrap();
+        cmd.args(["-accel", "tcg", "-nodefaults", "-vga", "none"])
+            .arg("-m")
+            .arg(mem_mb.to_string())
+            .arg("-no-reboot")
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={mem_mb}M,share=on"
             ))
+            .args(["-numa", "node,memdev=mem"])
             .arg("-chardev")
             .arg(format!("file,id=ser0,path={}", self.serial.display()))
             .args(["-serial", "chardev:ser0"])

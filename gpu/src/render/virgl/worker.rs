@@ -162,6 +162,16 @@ async fn serve(sock: OwnedFd, shm: OwnedFd) -> Result<(), String> {
         for body in wire::split_frames(&mut buf).map_err(|e| e.to_string())? {
             let (seq, req) = wire::decode_request(&body).map_err(|e| e.to_string())?;
             let reply = move |rc: i32| wire::encode_event(&Event::Reply { seq, rc });
+            // A memory table this worker cannot map is the end of it: it
+            // would go on rendering with the old guest memory (or none).
+            // The parent sees it exit and starts another, which gets the
+            // table again.
+            if let Request::MemTable(regions) = &req {
+                mem = map_guest_memory(regions, &mut fds)
+                    .map_err(|e| format!("cannot map the guest memory table: {e}"))?;
+                let _ = tx.send(reply(0));
+                continue;
+            }
             if let Request::Fence { ctx, ring } = req {
                 let wait = virgl.fence(ctx, ring);
                 let tx = tx.clone();
@@ -171,7 +181,7 @@ async fn serve(sock: OwnedFd, shm: OwnedFd) -> Result<(), String> {
                 });
                 continue;
             }
-            let rc = match handle(&mut virgl, &mut mem, &mut fds, &shm, req) {
+            let rc = match handle(&mut virgl, &mem, &shm, req) {
                 Ok(()) => 0,
                 Err(ProtocolError::RendererFailed(rc)) => rc,
                 Err(e) => {
@@ -188,18 +198,10 @@ async fn serve(sock: OwnedFd, shm: OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
-fn handle(
-    v: &mut Virgl,
-    mem: &mut GuestMem,
-    fds: &mut VecDeque<OwnedFd>,
-    shm: &Shm,
-    req: Request,
-) -> Result<(), ProtocolError> {
+fn handle(v: &mut Virgl, mem: &GuestMem, shm: &Shm, req: Request) -> Result<(), ProtocolError> {
     match req {
-        Request::MemTable(regions) => {
-            *mem = map_guest_memory(&regions, fds)?;
-            Ok(())
-        }
+        // Handled by `serve`: a failure ends the worker.
+        Request::MemTable(_) => Ok(()),
         Request::CtxCreate { ctx, capset, name } => v.create_context(ctx, capset, &name),
         Request::CtxDestroy(ctx) => {
             v.destroy_context(ctx);
@@ -274,4 +276,54 @@ fn map_guest_memory(
     }
     GuestMemoryMmap::from_regions(mapped)
         .map_err(|_| ProtocolError::BackingBeyondGuestMemory { addr: 0, length: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// The events a worker sent until it closed its socket.
+    fn events_until_closed(sock: &mut UnixStream) -> Vec<Event> {
+        let mut buf = Vec::new();
+        let _ = sock.read_to_end(&mut buf);
+        wire::split_frames(&mut buf)
+            .unwrap()
+            .iter()
+            .map(|b| wire::decode_event(b).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn virgl_worker_that_cannot_map_a_memory_table_stops_instead_of_answering() {
+        let _serial = super::super::tests::serial();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        // SAFETY: memfd_create with a static name; checked below.
+        let raw = unsafe { libc::memfd_create(c"test-readback".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let shm = unsafe { OwnedFd::from_raw_fd(raw) };
+        File::from(shm.try_clone().unwrap()).set_len(4096).unwrap();
+        let worker = std::thread::spawn(move || reactor::block_on(serve(theirs.into(), shm)));
+        // A region sent without its fd: nothing to map it from. Then the
+        // parent closes its side: a worker that answered the table and
+        // went on would end cleanly here.
+        let table = Request::MemTable(vec![MemRegion {
+            guest_addr: 0,
+            size: 1 << 20,
+            file_offset: 0,
+        }]);
+        ours.write_all(&wire::encode_request(1, &table)).unwrap();
+        ours.shutdown(std::net::Shutdown::Write).unwrap();
+        let ended = worker.join().unwrap().unwrap();
+        let err = ended.expect_err("the worker stops");
+        assert!(err.contains("cannot map the guest memory table"), "{err}");
+        let events = events_until_closed(&mut ours);
+        assert!(
+            matches!(events.as_slice(), [Event::Ready(_)]),
+            "the table was answered: {events:?}"
+        );
+    }
 }

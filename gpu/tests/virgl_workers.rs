@@ -459,6 +459,7 @@ fn virgl_worker_dying_soon_after_ready_is_started_again_with_backoff_not_at_once
     let (b, mut d, stats) = start_with(1, Duration::from_secs(10), exe);
     // How long the slot stays empty after each death: restarted at once,
     // it never is; backed off, 100, 200, 400 ms.
+    wait_until("the pool's slot", || !stats.slots().is_empty());
     let mut gaps = Vec::new();
     let mut empty_since = None;
     let until = Instant::now() + Duration::from_secs(40);

@@ -496,6 +496,8 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
                 ));
             }
             Ok(n) => n,
+            // A signal, or a tracer attaching (strace -f): not an answer.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break Err(format!("no answer from the render worker: {e}")),
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -514,6 +516,48 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
     };
     bury(child, None);
     got
+}
+
+/// Starts a worker and waits (at most the start-up deadline) for it to
+/// end by itself, then says whether it was ready first and how it ended:
+/// the daemon's `--seccomp-selftest` of a worker call (a worker started
+/// with one makes the call right after Ready). Blocking.
+pub fn run_worker_to_its_end(exe: &WorkerExe) -> String {
+    let s = match spawn(exe) {
+        Ok(s) => s,
+        Err(e) => return format!("cannot start a render worker: {e}"),
+    };
+    let mut child = s.child;
+    let mut sock = UnixStream::from(s.sock);
+    let _ = sock.set_read_timeout(Some(STARTUP_DEADLINE));
+    let (mut buf, mut ready) = (Vec::new(), false);
+    let timed_out = loop {
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk) {
+            Ok(0) => break false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let frames = wire::split_frames(&mut buf).unwrap_or_default();
+                ready |= frames
+                    .iter()
+                    .any(|b| matches!(wire::decode_event(b), Ok(Event::Ready(_))));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break true,
+        }
+    };
+    if timed_out {
+        let _ = child.kill();
+    }
+    let how = match child.wait() {
+        Ok(status) => describe_exit(status),
+        Err(e) => format!("not reaped: {e}"),
+    };
+    match (timed_out, ready) {
+        (true, _) => format!("did not end by itself, killed: {how}"),
+        (false, true) => format!("ready, then {how}"),
+        (false, false) => format!("never ready: {how}"),
+    }
 }
 
 /// What a worker owes for one request.

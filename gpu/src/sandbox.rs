@@ -18,13 +18,17 @@
 //!   file gets `EACCES` (under `virgl`: opening one for writing, and
 //!   creating a directory, as Mesa's shader disk cache tries), so the daemon
 //!   opens no file after start-up under `sim` and `2d`, and writes none under
-//!   `virgl`.
+//!   `virgl`. `unlink`/`unlinkat` get `EACCES` everywhere: the socket file
+//!   is removed at stop by [`PathRemover`], a helper forked before the
+//!   filter.
 //!
 //! The lists are per renderer ([`Profile`]): `sim` and `2d` share the base
 //! list; `virgl` adds what virglrenderer and Mesa's llvmpipe do when the
 //! render shard initialises the library again after a device reset (load the
 //! DRI driver, read driconf, JIT shaders into executable memory, start and
-//! tune its threads).
+//! tune its threads); with render workers, the daemon's list adds starting
+//! them and what a worker does until it is up, and each worker then stacks
+//! its own, narrower filter ([`Profile::RenderWorker`]).
 //!
 //! How the lists were found: `strace -f` of the daemon serving loadgen over
 //! `--socket` for each renderer, everything after `listen(2)`, then the code
@@ -33,6 +37,8 @@
 //! seccomp: the rings all exist before the filter is installed,
 //! `io_uring_setup` is not allowed after it, and each ring accepts only the
 //! reactor's own operations (`IORING_REGISTER_RESTRICTIONS`, in `reactor`).
+//! (The render workers' daemon profile allows `io_uring_setup` for the
+//! workers' start only; see [`Profile::VirglWorkers`].)
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -42,7 +42,9 @@
 //!   task on the render shard; the slot takes no contexts meanwhile. How a worker
 //!   ended is logged when it was not our kill (a signal by name; SIGSYS
 //!   with where to find the refused system call).
-//! - **Under a seccomp filter** workers inherit the daemon's filter:
+//! - **Under a seccomp filter** workers inherit the daemon's filter (and,
+//!   once up, add their own: `worker.rs`, given the daemon's `--seccomp`
+//!   in [`WorkerExe::args`]):
 //!   [`RendererFactory::check_under_filter`] starts one once the filter is
 //!   on, so a worker that cannot run under it stops the daemon at start
 //!   instead of every context failing later.

@@ -43,6 +43,13 @@ fn serve_runs_under_the_filter(renderer: &str, plans: &[Plan]) {
         d.log_text()
     );
     assert!(d.log_text().contains("SIGTERM: stopping"));
+    // The filter refuses unlink: the socket file is removed by the helper
+    // started before it.
+    assert!(
+        !d.sock.exists(),
+        "the socket file outlived the daemon:\n{}",
+        d.log_text()
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -127,7 +134,7 @@ fn fd_mode_under_the_default_filter_serves_a_run_and_exits_0_when_the_vmm_leaves
 /// The daemon with `--seccomp-selftest CALL` (and `extra` flags) run to its
 /// end (bounded).
 fn selftest(dir: &Path, call: &str, extra: &[&str]) -> (ExitStatus, String) {
-    let sock = dir.join(format!("{call}.sock"));
+    let sock = selftest_socket(dir, call);
     let mut child = Command::new(DAEMON)
         .arg("-s")
         .arg(&sock)
@@ -153,12 +160,19 @@ fn selftest(dir: &Path, call: &str, extra: &[&str]) -> (ExitStatus, String) {
     )
 }
 
+/// Where [`selftest`] has the daemon listen for `call`.
+fn selftest_socket(dir: &Path, call: &str) -> std::path::PathBuf {
+    dir.join(format!("{call}.sock"))
+}
+
 #[test]
 fn a_forbidden_call_kills_the_daemon_with_sigsys_and_goes_through_without_the_filter() {
     let dir = work_dir("selftest");
     // socket(AF_INET) on reactor shard 0, a thread started before the
-    // filter (TSYNC); execve on the main thread.
-    for call in ["socket", "execve"] {
+    // filter (TSYNC); the others on the main thread: a fresh ring (its
+    // ops would bypass seccomp), execve, fork, a signal to another
+    // process (the test: signal 0).
+    for call in ["socket", "execve", "io-uring-setup", "fork", "kill-other"] {
         let (status, log) = selftest(&dir, call, &[]);
         assert_eq!(
             status.signal(),
@@ -177,6 +191,86 @@ fn a_forbidden_call_kills_the_daemon_with_sigsys_and_goes_through_without_the_fi
             );
         }
     }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unlink_under_the_filter_fails_with_eacces_and_the_file_stays() {
+    let dir = work_dir("unlink");
+    let victim = |dir: &Path| {
+        let mut v = selftest_socket(dir, "unlink").into_os_string();
+        v.push(".selftest");
+        std::path::PathBuf::from(v)
+    };
+    fs::write(victim(&dir), b"a file of the user's").unwrap();
+    for mode in ["kill", "log"] {
+        let (status, log) = selftest(&dir, "unlink", &["--seccomp", mode]);
+        assert_eq!(status.code(), Some(1), "--seccomp {mode}: {log}");
+        assert!(log.contains("Permission denied"), "--seccomp {mode}: {log}");
+        assert!(victim(&dir).exists(), "--seccomp {mode} removed it: {log}");
+        // Its own socket file is gone all the same (the remover).
+        assert!(!selftest_socket(&dir, "unlink").exists(), "{log}");
+    }
+    let (status, log) = selftest(&dir, "unlink", &["--seccomp", "off"]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("unlink returned Ok"), "{log}");
+    assert!(!victim(&dir).exists());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A render worker's own filter (on top of the daemon's): each call a
+/// compromised worker could use against the host is refused, where the
+/// daemon's filter it inherits lets it through (`--seccomp off`, the
+/// worker unfiltered, shows the call itself works).
+#[cfg(feature = "virgl")]
+#[test]
+fn virgl_worker_calls_its_own_filter_refuses_kill_it_with_sigsys_and_go_through_without_it() {
+    let dir = work_dir("virgl-worker-selftest");
+    let virgl = ["--renderer", "virgl", "--render-workers", "1"];
+    for call in [
+        "io-uring-setup",
+        "execve",
+        "fork",
+        "kill-other",
+        "prlimit-other",
+    ] {
+        let worker_call = format!("worker-{call}");
+        let (status, log) = selftest(&dir, &worker_call, &virgl);
+        assert_eq!(status.code(), Some(1), "{call}: {log}");
+        assert!(
+            log.contains(&format!(
+                "selftest: {call} in a render worker: ready, then killed by signal {}",
+                libc::SIGSYS
+            )),
+            "{call} under the default filter:\n{log}"
+        );
+        let off = [&virgl[..], &["--seccomp", "off"]].concat();
+        let (_, log) = selftest(&dir, &worker_call, &off);
+        assert!(
+            log.contains(&format!("selftest: {call} returned"))
+                && log.contains("ready, then exited with status 1"),
+            "{call}, --seccomp off:\n{log}"
+        );
+    }
+    // Calls answered with an errno: the worker comes back either way.
+    // Shrinking the read-back memfd (the parent would take SIGBUS): EPERM
+    // from the filter, and from the memfd's seals without it.
+    for mode in ["kill", "off"] {
+        let args = [&virgl[..], &["--seccomp", mode]].concat();
+        let (_, log) = selftest(&dir, "worker-shrink-readback", &args);
+        assert!(
+            log.contains("selftest: shrink-readback returned -1 (Operation not permitted"),
+            "--seccomp {mode}:\n{log}"
+        );
+    }
+    let (_, log) = selftest(&dir, "worker-unlink", &virgl);
+    assert!(
+        log.contains("selftest: unlink returned -1 (Permission denied"),
+        "{log}"
+    );
+    // The daemon itself signals its workers with SIGKILL only.
+    let (status, log) = selftest(&dir, "kill-other", &virgl);
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}\n{log}");
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -530,6 +530,51 @@ fn virgl_worker_dying_at_start_is_started_again_with_backoff_and_its_slot_then_s
 }
 
 #[test]
+fn virgl_worker_dying_soon_after_ready_is_started_again_with_backoff_not_at_once() {
+    // One slot; the pool's first worker and the next two come up (Ready)
+    // and are killed 2 s later, before serving anything: a crash loop.
+    // The fourth (start 5) lives.
+    let die = format!("'{DAEMON}' \"$@\" & sleep 2; kill -s KILL $!; exit 1");
+    let (exe, dir) = flaky_worker("ready-loop", 2..=4, &die);
+    let (b, mut d, stats) = start_with(1, Duration::from_secs(10), exe);
+    // How long the slot stays empty after each death: restarted at once,
+    // it never is; backed off, 100, 200, 400 ms.
+    wait_until("the pool's slot", || !stats.slots().is_empty());
+    let mut gaps = Vec::new();
+    let mut empty_since = None;
+    let until = Instant::now() + Duration::from_secs(40);
+    while gaps.len() < 3 {
+        assert!(Instant::now() < until, "gaps so far: {gaps:?}");
+        match (stats.slots()[0].pid, empty_since) {
+            (None, None) => empty_since = Some(Instant::now()),
+            (Some(_), Some(t)) => {
+                gaps.push(t.elapsed());
+                empty_since = None;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for (gap, backoff) in gaps.iter().zip([100, 200, 400]) {
+        assert!(
+            *gap >= Duration::from_millis(backoff * 9 / 10),
+            "gaps {gaps:?}: backoff {backoff} ms not kept"
+        );
+    }
+    assert_eq!(stats.losses(), 3);
+    // The one that lives serves.
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    drop((b, d));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn virgl_workers_that_never_come_up_are_refused_with_a_clear_error() {
     let err = WorkerPoolFactory::new(WorkerOptions::new(1, WorkerExe::at("/bin/false")))
         .expect_err("/bin/false is no render worker");

@@ -453,13 +453,15 @@ fn submit_retrying(ring: &IoUring, want: usize) -> io::Result<()> {
 }
 
 /// One ring per shard. Single-issuer and cooperative task running cut the
-/// kernel's cross-CPU work; older kernels fall back to a plain ring.
+/// kernel's cross-CPU work; a kernel without them gets a plain ring.
 ///
 /// The ring accepts only the operations this crate submits ([`RING_OPS`],
 /// `IORING_REGISTER_RESTRICTIONS`): io_uring operations bypass seccomp, so
 /// a process that sandboxes itself (gpu-reactor) must not be able to open
-/// files, sockets or connections through its rings. A kernel without
-/// restrictions (before 5.10) gets an unrestricted ring.
+/// files, sockets or connections through its rings. A ring that cannot be
+/// restricted is an error, never an unrestricted ring: restrictions and
+/// `IORING_SETUP_R_DISABLED` came with Linux 5.10, so older kernels cannot
+/// run the reactor.
 fn new_ring(entries: u32) -> io::Result<IoUring> {
     let tuned = IoUring::builder()
         .setup_single_issuer()
@@ -469,17 +471,23 @@ fn new_ring(entries: u32) -> io::Result<IoUring> {
         .setup_r_disabled()
         .build(entries)
         .and_then(restrict);
-    match tuned {
-        Ok(r) => Ok(r),
-        Err(_) => match IoUring::builder()
-            .setup_r_disabled()
-            .build(entries)
-            .and_then(restrict)
-        {
-            Ok(r) => Ok(r),
-            Err(_) => IoUring::new(entries),
-        },
+    if let Ok(r) = tuned {
+        return Ok(r);
     }
+    IoUring::builder()
+        .setup_r_disabled()
+        .build(entries)
+        .and_then(restrict)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "no io_uring restricted to the reactor's operations \
+                     (IORING_SETUP_R_DISABLED and IORING_REGISTER_RESTRICTIONS, \
+                     Linux 5.10 or later): {e}"
+                ),
+            )
+        })
 }
 
 /// Every operation the reactor submits; anything else on a ring fails with
@@ -830,6 +838,19 @@ mod ring_tests {
         unsafe { ring.submission().push(&entry).unwrap() };
         ring.submit_and_wait(1).unwrap();
         ring.completion().next().unwrap().result()
+    }
+
+    #[test]
+    fn a_ring_that_cannot_be_restricted_is_an_error_not_an_unrestricted_ring() {
+        // Restrictions need a ring made disabled (IORING_SETUP_R_DISABLED):
+        // an enabled one refuses them, as a kernel before 5.10 refuses both.
+        let plain = IoUring::new(8).unwrap();
+        assert!(restrict(plain).is_err());
+        // What a shard gets is restricted and enabled: no restriction can
+        // be changed any more.
+        let ring = new_ring(8).unwrap();
+        let mut again = [io_uring::register::Restriction::sqe_op(opcode::Nop::CODE)];
+        assert!(ring.submitter().register_restrictions(&mut again).is_err());
     }
 
     #[test]

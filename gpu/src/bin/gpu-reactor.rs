@@ -59,6 +59,44 @@ enum ForbiddenCall {
     Socket,
     /// execve() of a path that does not exist, on the main thread.
     Execve,
+    /// io_uring_setup: a fresh, unrestricted ring (allowed under the
+    /// render workers' profile: see gpu/src/sandbox.rs).
+    IoUringSetup,
+    /// fork (clone without CLONE_THREAD; allowed under the render
+    /// workers' profile, which starts them).
+    Fork,
+    /// kill(parent, 0): a signal (none: 0) to another process.
+    KillOther,
+    /// unlink of `<socket path>.selftest` (EACCES: it stays).
+    Unlink,
+    /// The same calls in a render worker, once its own filter is on
+    /// (`--renderer virgl`); the daemon says how the worker ended.
+    WorkerIoUringSetup,
+    WorkerExecve,
+    WorkerFork,
+    WorkerKillOther,
+    WorkerPrlimitOther,
+    /// ftruncate of the worker's read-back memfd to 0 (sealed: EPERM).
+    WorkerShrinkReadback,
+    WorkerUnlink,
+}
+
+impl ForbiddenCall {
+    /// The call in a render worker, if it is one.
+    #[cfg(feature = "virgl")]
+    fn in_worker(self) -> Option<gpu::render::virgl::worker::WorkerSelftest> {
+        use gpu::render::virgl::worker::WorkerSelftest as W;
+        Some(match self {
+            ForbiddenCall::WorkerIoUringSetup => W::IoUringSetup,
+            ForbiddenCall::WorkerExecve => W::Execve,
+            ForbiddenCall::WorkerFork => W::Fork,
+            ForbiddenCall::WorkerKillOther => W::KillOther,
+            ForbiddenCall::WorkerPrlimitOther => W::PrlimitOther,
+            ForbiddenCall::WorkerShrinkReadback => W::ShrinkReadback,
+            ForbiddenCall::WorkerUnlink => W::Unlink,
+            _ => return None,
+        })
+    }
 }
 
 /// A virtio-gpu vhost-user backend: thread-per-core io_uring shards,
@@ -303,7 +341,12 @@ fn run(args: Args) -> Result<(), String> {
             0 => Arc::new(gpu::render::virgl::VirglFactory::new()?),
             n => {
                 use gpu::render::virgl::{WorkerExe, WorkerOptions, WorkerPoolFactory};
-                let mut o = WorkerOptions::new(n, WorkerExe::current());
+                // Each worker installs its own, stricter filter once it is
+                // up, in the daemon's mode.
+                let mut exe = WorkerExe::current();
+                exe.args
+                    .extend(["--seccomp".into(), seccomp.to_string().into()]);
+                let mut o = WorkerOptions::new(n, exe);
                 o.watchdog = Duration::from_millis(args.render_watchdog_ms);
                 tracing::info!(workers = n, "virgl in render worker processes");
                 Arc::new(WorkerPoolFactory::new(o)?)
@@ -345,8 +388,14 @@ fn run(args: Args) -> Result<(), String> {
         "gpu-reactor started"
     );
 
+    let sandbox = Sandbox {
+        mode: seccomp,
+        profile,
+        selftest: args.seccomp_selftest,
+        socket_path: args.socket_path.clone(),
+    };
     if let Some(stream) = inherited {
-        enter_sandbox(seccomp, profile, &backend, args.seccomp_selftest)?;
+        enter_sandbox(&sandbox, &backend)?;
         return serve_fd(backend, stream, signals);
     }
     let Some(path) = args.socket_path else {
@@ -354,7 +403,14 @@ fn run(args: Args) -> Result<(), String> {
     };
     let server = Server::bind(&path, backend.clone())
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    enter_sandbox(seccomp, profile, &backend, args.seccomp_selftest)?;
+    // Under the filter no file can be removed: a helper started now
+    // removes the socket file when this function returns (declared after
+    // `server`, so dropped before it on every path).
+    let _socket_file = (seccomp != SeccompMode::Off)
+        .then(|| sandbox::PathRemover::start(&path))
+        .transpose()
+        .map_err(|e| format!("cannot start the socket file's remover: {e}"))?;
+    enter_sandbox(&sandbox, &backend)?;
     let stop = server.stopper();
     spawn_signal_thread(signals, move || stop.stop())?;
     server.run().map_err(|e| format!("accept failed: {e}"))?;
@@ -363,17 +419,21 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// What `enter_sandbox` installs and tests.
+struct Sandbox {
+    mode: SeccompMode,
+    profile: sandbox::Profile,
+    selftest: Option<ForbiddenCall>,
+    socket_path: Option<PathBuf>,
+}
+
 /// Installs the seccomp filter on every thread (the shards, the renderer's
 /// threads, this one) once the rings, the renderer factory, the listening
 /// socket and the metrics listener exist: none of their set-up calls need
 /// to stay allowed.
-fn enter_sandbox(
-    mode: SeccompMode,
-    profile: sandbox::Profile,
-    backend: &Backend,
-    selftest: Option<ForbiddenCall>,
-) -> Result<(), String> {
-    sandbox::install(mode, profile)?;
+fn enter_sandbox(sb: &Sandbox, backend: &Backend) -> Result<(), String> {
+    let mode = sb.mode;
+    sandbox::install(mode, sb.profile)?;
     if mode != SeccompMode::Off {
         tracing::info!(mode = %mode, "seccomp filter installed on every thread");
         // Renderers made before the filter (render workers started
@@ -381,16 +441,53 @@ fn enter_sandbox(
         // render worker can start under the filter.
         backend.device().filter_installed()?;
     }
-    match selftest {
+    match sb.selftest {
         None => Ok(()),
-        Some(call) => Err(forbidden_call(call, backend)),
+        Some(call) => Err(forbidden_call(call, sb, backend)),
     }
 }
 
 /// `--seccomp-selftest`: makes the call and reports how it came back (under
 /// `--seccomp kill` it does not come back: the kernel kills the process).
-fn forbidden_call(call: ForbiddenCall, backend: &Backend) -> String {
+fn forbidden_call(call: ForbiddenCall, sb: &Sandbox, backend: &Backend) -> String {
+    let last = std::io::Error::last_os_error;
     match call {
+        ForbiddenCall::IoUringSetup => {
+            // struct io_uring_params: 120 bytes, zeroed.
+            let mut params = [0u64; 15];
+            // SAFETY: io_uring_setup writes at most the 120 bytes of
+            // `params`, a live local; a ring made is closed at once.
+            let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
+            if fd >= 0 {
+                // SAFETY: the descriptor was just returned to us.
+                unsafe { libc::close(fd as i32) };
+            }
+            format!("selftest: io_uring_setup returned {fd}")
+        }
+        ForbiddenCall::Fork => {
+            // SAFETY: the child only calls _exit (async-signal-safe).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(0) };
+            }
+            format!("selftest: fork returned {pid}")
+        }
+        ForbiddenCall::KillOther => {
+            // SAFETY: integer arguments; signal 0 sends nothing.
+            let r = unsafe { libc::kill(libc::getppid(), 0) };
+            format!("selftest: kill(parent, 0) returned {r}")
+        }
+        ForbiddenCall::Unlink => {
+            let Some(sock) = &sb.socket_path else {
+                return "selftest: unlink needs --socket-path".into();
+            };
+            let mut victim = sock.clone().into_os_string();
+            victim.push(".selftest");
+            let r = std::fs::remove_file(&victim);
+            format!("selftest: unlink returned {r:?}")
+        }
+
         ForbiddenCall::Socket => {
             let (tx, rx) = std::sync::mpsc::channel();
             let sent = backend.reactor().shard(0).run(move || {
@@ -417,12 +514,40 @@ fn forbidden_call(call: ForbiddenCall, backend: &Backend) -> String {
             // SAFETY: NUL-terminated path; argv and envp are NULL-terminated
             // arrays of valid C strings that outlive the call.
             unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-            format!(
-                "selftest: execve returned: {}",
-                std::io::Error::last_os_error()
-            )
+            format!("selftest: execve returned: {}", last())
         }
+        _ => forbidden_call_in_a_worker(call, sb),
     }
+}
+
+/// `--seccomp-selftest worker-*`: starts a render worker that makes the
+/// call once its own filter is on, and says how it ended.
+#[cfg(feature = "virgl")]
+fn forbidden_call_in_a_worker(call: ForbiddenCall, sb: &Sandbox) -> String {
+    use gpu::render::virgl::{pool, WorkerExe};
+    let Some(w) = call.in_worker() else {
+        return format!("selftest: {call:?} is no worker call");
+    };
+    if sb.profile != sandbox::Profile::VirglWorkers {
+        return "selftest: worker calls need --renderer virgl with render workers".into();
+    }
+    let mut exe = WorkerExe::current();
+    exe.args.extend([
+        "--seccomp".into(),
+        sb.mode.to_string().into(),
+        "--seccomp-selftest".into(),
+        w.name().into(),
+    ]);
+    format!(
+        "selftest: {} in a render worker: {}",
+        w.name(),
+        pool::run_worker_to_its_end(&exe)
+    )
+}
+
+#[cfg(not(feature = "virgl"))]
+fn forbidden_call_in_a_worker(call: ForbiddenCall, _sb: &Sandbox) -> String {
+    format!("selftest: {call:?} needs a build with the cargo feature `virgl`")
 }
 
 /// `--fd`: the inherited socket, made close-on-exec (the parent passed it

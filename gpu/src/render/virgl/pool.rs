@@ -23,16 +23,23 @@
 //!   transfers name guest addresses.
 //! - **Read-back** (RESOURCE_FLUSH, cursor): the worker writes pixels into
 //!   a 64 MiB memfd area shared with this process, spans handed out in
-//!   request order, so no pixel crosses the socket.
+//!   request order, so no pixel crosses the socket. It is sealed at its
+//!   size before the worker gets it, and the seals are checked before it
+//!   is mapped here: a worker cannot shrink it under our mapping (SIGBUS).
+//!   Nothing else comes from a worker as a descriptor (its socket is read
+//!   with `read`, which drops any passed fds). Guest RAM fds are the VMM's,
+//!   mapped here anyway: QEMU seals its memfd backends (`seal=on` is the
+//!   default), loadgen seals its own.
 //! - **Loss.** A worker that exits, breaks the protocol or misses the
 //!   watchdog deadline is killed; what it owed completes (commands with
 //!   `RenderWorkerLost`, fences as done: never lost); its contexts and
 //!   resources are lost (later commands on them get `RenderWorkerLost`); a
 //!   fresh worker takes its slot. Other workers never notice.
 //! - **Start-up failures.** A worker that dies (or cannot be spawned)
-//!   before it said Ready is started again after a backoff, 100 ms
-//!   doubling to 5 s while it keeps failing, from a timer task on the
-//!   render shard; the slot takes no contexts meanwhile. How a worker
+//!   before it said Ready, or after it but before it settled (answered a
+//!   request or lived 10 s: a crash loop), is started again after a
+//!   backoff, 100 ms doubling to 5 s while it keeps failing, from a timer
+//!   task on the render shard; the slot takes no contexts meanwhile. How a worker
 //!   ended is logged when it was not our kill (a signal by name; SIGSYS
 //!   with where to find the refused system call).
 //! - **Resources shared across workers** (a compositor sampling its
@@ -51,7 +58,9 @@
 //!   buffers); others
 //!   are still refused on another worker. A replica is read-only in
 //!   effect: what its worker draws into it stays there.
-//! - **Under a seccomp filter** workers inherit the daemon's filter:
+//! - **Under a seccomp filter** workers inherit the daemon's filter (and,
+//!   once up, add their own: `worker.rs`, given the daemon's `--seccomp`
+//!   in [`WorkerExe::args`]):
 //!   [`RendererFactory::check_under_filter`] starts one once the filter is
 //!   on, so a worker that cannot run under it stops the daemon at start
 //!   instead of every context failing later.
@@ -97,6 +106,11 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// ready, doubling with each failure in a row up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A worker that was ready and then lived this long, or answered a
+/// request, has settled: its death is a loss, restarted at once, and the
+/// backoff starts over. One that dies sooner is crash-looping: it counts
+/// as a failed start for the backoff.
+const SETTLED_AFTER: Duration = Duration::from_secs(10);
 
 /// The wait before the `failures`-th start in a row (counting from 1)
 /// after workers of one slot died before they were ready.
@@ -330,16 +344,60 @@ struct Spawned {
     shm: OwnedFd,
 }
 
-fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
-    let (ours, theirs) = UnixStream::pair()?;
+/// The seals of the read-back memfd: its size is fixed before a worker
+/// gets it. A worker that could shrink it would make this process take
+/// SIGBUS reading a span past the new end (every context lost); one that
+/// could grow it would charge us its memory.
+const READBACK_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// The read-back memfd: [`SHM_SIZE`] bytes, sealed at that size.
+fn readback_memfd() -> io::Result<OwnedFd> {
     // SAFETY: memfd_create with a static name; the result is checked.
-    let raw = unsafe { libc::memfd_create(c"gpu-render-readback".as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe {
+        libc::memfd_create(
+            c"gpu-render-readback".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor nobody else owns.
     let shm = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     std::fs::File::from(shm.try_clone()?).set_len(SHM_SIZE)?;
+    // SAFETY: fcntl on our own descriptor with an integer argument.
+    if unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_ADD_SEALS, READBACK_SEALS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(shm)
+}
+
+/// Refuses a read-back area whose size a worker could change: it must be
+/// sealed against shrinking and growing, and be [`SHM_SIZE`] long.
+fn check_sealed(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; no memory is passed.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let need = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    if seals & need != need {
+        return Err(io::Error::other(format!(
+            "the read-back memfd is not sealed against resizing (seals {seals:#x})"
+        )));
+    }
+    let len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+    if len != SHM_SIZE {
+        return Err(io::Error::other(format!(
+            "the read-back memfd is {len} bytes, not {SHM_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let shm = readback_memfd()?;
     let (t, s) = (theirs.as_raw_fd(), shm.as_raw_fd());
     let mut cmd = Command::new(&exe.program);
     // What `ps` shows (the program may be `/proc/self/exe`).
@@ -467,6 +525,8 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
                 ));
             }
             Ok(n) => n,
+            // A signal, or a tracer attaching (strace -f): not an answer.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break Err(format!("no answer from the render worker: {e}")),
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -485,6 +545,48 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
     };
     bury(child, None);
     got
+}
+
+/// Starts a worker and waits (at most the start-up deadline) for it to
+/// end by itself, then says whether it was ready first and how it ended:
+/// the daemon's `--seccomp-selftest` of a worker call (a worker started
+/// with one makes the call right after Ready). Blocking.
+pub fn run_worker_to_its_end(exe: &WorkerExe) -> String {
+    let s = match spawn(exe) {
+        Ok(s) => s,
+        Err(e) => return format!("cannot start a render worker: {e}"),
+    };
+    let mut child = s.child;
+    let mut sock = UnixStream::from(s.sock);
+    let _ = sock.set_read_timeout(Some(STARTUP_DEADLINE));
+    let (mut buf, mut ready) = (Vec::new(), false);
+    let timed_out = loop {
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk) {
+            Ok(0) => break false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let frames = wire::split_frames(&mut buf).unwrap_or_default();
+                ready |= frames
+                    .iter()
+                    .any(|b| matches!(wire::decode_event(b), Ok(Event::Ready(_))));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break true,
+        }
+    };
+    if timed_out {
+        let _ = child.kill();
+    }
+    let how = match child.wait() {
+        Ok(status) => describe_exit(status),
+        Err(e) => format!("not reaped: {e}"),
+    };
+    match (timed_out, ready) {
+        (true, _) => format!("did not end by itself, killed: {how}"),
+        (false, true) => format!("ready, then {how}"),
+        (false, false) => format!("never ready: {how}"),
+    }
 }
 
 /// What a worker owes for one request.
@@ -566,9 +668,13 @@ struct ReadBack {
 }
 
 impl ReadBack {
+    /// Maps `fd` once its seals are checked: the worker holds it writable,
+    /// and only the seals keep it from cutting the mapping short.
     fn map(fd: &OwnedFd) -> io::Result<ReadBack> {
-        // SAFETY: a shared read-only mapping of the memfd sized above;
-        // checked below.
+        check_sealed(fd)?;
+        // SAFETY: a shared read-only mapping of a memfd sealed at
+        // SHM_SIZE bytes (checked above), so every page of it stays
+        // backed; the result is checked below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -671,9 +777,12 @@ struct Link {
     contexts: usize,
     /// When the worker said it was ready (its library up).
     ready: Option<Instant>,
+    /// It answered a request.
+    served: bool,
     started: Instant,
-    /// Workers of this slot that died before they were ready, in a row,
-    /// right before this one.
+    /// Workers of this slot that died before they were ready or soon
+    /// after (before they settled: [`SETTLED_AFTER`]), in a row, right
+    /// before this one.
     failures: u32,
     slot: usize,
     tasks: Vec<reactor::AbortHandle>,
@@ -709,6 +818,7 @@ impl Link {
             mem_key: Vec::new(),
             contexts: 0,
             ready: None,
+            served: false,
             started: Instant::now(),
             failures,
             slot,
@@ -920,6 +1030,7 @@ async fn read_events(
                         None
                     }
                     Ok(Event::Reply { seq, rc }) => l.owed.remove(&seq).map(|o| {
+                        l.served = true;
                         let r = if rc == 0 {
                             Ok(())
                         } else {
@@ -999,7 +1110,8 @@ fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &s
             return;
         }
         let owed = l.shut();
-        let (pid, was_ready, failures) = (l.pid, l.ready.is_some(), l.failures);
+        let (pid, ready, failures) = (l.pid, l.ready, l.failures);
+        let settled = ready.is_some_and(|t| l.served || t.elapsed() >= SETTLED_AFTER);
         drop(l);
         let lost: Vec<u32> = p
             .contexts
@@ -1013,11 +1125,24 @@ fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &s
             .fetch_add(lost.len() as u64, Ordering::Relaxed);
         tracing::error!(slot, pid, why, contexts = ?lost, "render worker lost: its contexts are lost, the others continue");
         p.links[slot] = None;
-        if was_ready {
-            restart(&pool, &mut p, slot, generation + 1, 0);
-        } else {
-            p.stats.start_failures.fetch_add(1, Ordering::Relaxed);
-            retry_later(&pool, &mut p, slot, generation + 1, failures + 1);
+        match ready {
+            _ if settled => restart(&pool, &mut p, slot, generation + 1, 0),
+            // Crash-looping: ready, then dead before it settled. Backed
+            // off like a failed start, so a worker that dies at once
+            // after each start does not take a core in fork and exec.
+            Some(t) => {
+                tracing::warn!(
+                    slot,
+                    pid,
+                    lived = ?t.elapsed(),
+                    "render worker died soon after it was ready, before serving a request"
+                );
+                retry_later(&pool, &mut p, slot, generation + 1, failures + 1);
+            }
+            None => {
+                p.stats.start_failures.fetch_add(1, Ordering::Relaxed);
+                retry_later(&pool, &mut p, slot, generation + 1, failures + 1);
+            }
         }
         p.publish();
         owed
@@ -1044,7 +1169,8 @@ fn restart(pool: &Rc<RefCell<Pool>>, p: &mut Pool, slot: usize, generation: u64,
 }
 
 /// Starts a worker in the empty `slot` after the backoff for `failures`
-/// failed starts in a row, from a timer task (never blocking the shard).
+/// failed starts (or deaths before settling) in a row, from a timer task
+/// (never blocking the shard).
 fn retry_later(
     pool: &Rc<RefCell<Pool>>,
     p: &mut Pool,
@@ -1057,7 +1183,7 @@ fn retry_later(
         slot,
         failures,
         ?delay,
-        "render worker failed to start: starting it again after {delay:?}"
+        "render worker failed to start or settle: starting it again after {delay:?}"
     );
     let weak = Rc::downgrade(pool);
     let (t, h) = reactor::abortable(async move {
@@ -1935,6 +2061,37 @@ mod tests {
             [100, 200, 400, 800, 1600, 3200, 5000, 5000]
         );
         assert_eq!(ms(u32::MAX), 5000);
+    }
+
+    #[test]
+    fn virgl_readback_memfd_is_sealed_so_a_worker_cannot_resize_it() {
+        use std::os::fd::FromRawFd;
+        let shm = readback_memfd().unwrap();
+        check_sealed(&shm).unwrap();
+        let file = std::fs::File::from(shm.try_clone().unwrap());
+        // What the worker holds (writable): shrinking and growing refused.
+        for len in [0, SHM_SIZE / 2, SHM_SIZE * 2] {
+            let e = file.set_len(len).expect_err("resized a sealed memfd");
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "to {len}");
+        }
+        assert_eq!(file.metadata().unwrap().len(), SHM_SIZE);
+        // Seals cannot be taken off (F_SEAL_SEAL) ...
+        // SAFETY: fcntl on our descriptor with an integer argument.
+        let r = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+        assert_eq!(r, -1);
+        // ... and an unsealed one, which a worker could shrink, is refused.
+        // SAFETY: memfd_create with a static name; checked below.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let plain = unsafe { OwnedFd::from_raw_fd(raw) };
+        let f = std::fs::File::from(plain.try_clone().unwrap());
+        f.set_len(SHM_SIZE).unwrap();
+        f.set_len(4096).unwrap();
+        f.set_len(SHM_SIZE).unwrap();
+        let e = check_sealed(&plain).expect_err("unsealed");
+        assert!(e.to_string().contains("not sealed"), "{e}");
+        assert!(ReadBack::map(&plain).is_err());
     }
 
     #[test]

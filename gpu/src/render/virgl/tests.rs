@@ -8,9 +8,11 @@ use std::time::Duration;
 use super::*;
 use crate::protocol::{ResourceCreate3d, ResourceId};
 
+/// The library is one per process: tests using it (here and in
+/// `worker.rs`) take this first.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 

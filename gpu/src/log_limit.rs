@@ -158,7 +158,10 @@ mod tests {
         let t0 = Instant::now();
         // 100 000 events over 5 s: 10 lines per interval, 5 intervals.
         let written = (0..100_000u32)
-            .filter(|i| l.admit(t0 + Duration::from_micros(u64::from(*i) * 50)).is_some())
+            .filter(|i| {
+                l.admit(t0 + Duration::from_micros(u64::from(*i) * 50))
+                    .is_some()
+            })
             .count();
         assert_eq!(written, 50);
     }

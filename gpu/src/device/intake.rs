@@ -101,6 +101,8 @@ pub(super) struct Pacer {
     light_at: Option<(u32, Instant)>,
     /// When each context last had to wait (was parked).
     backlogged_at: HashMap<u32, Instant>,
+    /// Size of `backlogged_at` at which the quiet ones are swept out.
+    sweep_at: usize,
     window_end: Instant,
     tokens: u32,
     /// Contexts owed a dispatch (one entry per finished command).
@@ -112,6 +114,7 @@ impl Default for Pacer {
         Pacer {
             light_at: None,
             backlogged_at: HashMap::new(),
+            sweep_at: PACER_CONTEXTS,
             window_end: Instant::now(),
             tokens: PACE_BUDGET,
             owed: VecDeque::new(),
@@ -124,9 +127,12 @@ impl Pacer {
     fn waited(&mut self, ctx: u32, now: Instant) {
         // Contexts are the guest's ids: forget the ones quiet for LIGHT_FOR
         // (they count as light again anyway) before this grows.
-        if self.backlogged_at.len() >= PACER_CONTEXTS && !self.backlogged_at.contains_key(&ctx) {
+        // The next sweep waits for twice what is left, so sweeps cost
+        // O(1) per call even when every entry is recent.
+        if self.backlogged_at.len() >= self.sweep_at && !self.backlogged_at.contains_key(&ctx) {
             self.backlogged_at
                 .retain(|_, t| now.saturating_duration_since(*t) < LIGHT_FOR);
+            self.sweep_at = (2 * self.backlogged_at.len()).max(PACER_CONTEXTS);
         }
         self.backlogged_at.insert(ctx, now);
         if self.light_at.is_some_and(|(c, _)| c == ctx) {
@@ -1012,6 +1018,18 @@ mod pacer_tests {
         // A light context quiet for LIGHT_FOR no longer holds the others back.
         let t2 = t0 + LIGHT_FOR + PACE_WINDOW;
         assert!((0..1000).all(|_| p.take(1, t2)));
+    }
+
+    #[test]
+    fn the_pacer_forgets_contexts_that_stopped_waiting() {
+        let mut p = Pacer::default();
+        let t0 = Instant::now();
+        for ctx in 0..100_000u32 {
+            // A new made-up context id every 10 µs.
+            p.waited(ctx, t0 + Duration::from_micros(u64::from(ctx) * 10));
+        }
+        // At most twice those of the last LIGHT_FOR (10 000).
+        assert!(p.backlogged_at.len() <= 2 * 10_000 + PACER_CONTEXTS);
     }
 
     #[test]

@@ -109,9 +109,19 @@ impl<T> FenceTimeline<T> {
     }
 }
 
-/// Every timeline of a device; created lazily, dropped on reset.
+/// Every timeline of a device. The caller decides which ids may exist (the
+/// global one, and rings of live contexts: `device::intake`): a timeline is
+/// created by the first [`push`](Self::push) on it, and once its context is
+/// destroyed ([`retire_context`](Self::retire_context)) it is dropped as
+/// soon as it holds no pending fence. A reset drops them all (a new value).
 pub struct FenceTimelines<T> {
-    timelines: HashMap<TimelineId, FenceTimeline<T>>,
+    timelines: HashMap<TimelineId, Entry<T>>,
+}
+
+struct Entry<T> {
+    timeline: FenceTimeline<T>,
+    /// Its context is gone: dropped once empty.
+    retired: bool,
 }
 
 impl<T> Default for FenceTimelines<T> {
@@ -123,34 +133,62 @@ impl<T> Default for FenceTimelines<T> {
 }
 
 impl<T> FenceTimelines<T> {
+    /// Registers a fenced command on `id`, creating the timeline if needed.
+    /// Only for an id that may exist: its context is live (again).
     pub fn push(&mut self, id: TimelineId, fence_id: u64) -> FenceTicket {
+        let e = self.timelines.entry(id).or_insert_with(|| Entry {
+            timeline: FenceTimeline::new(id),
+            retired: false,
+        });
+        e.retired = false;
+        e.timeline.push(fence_id)
+    }
+
+    /// Registers a fenced command on `id` only if that timeline still
+    /// exists (a destroyed context's, draining): a refused command is then
+    /// released behind the fences before it. Creates nothing.
+    pub fn push_existing(&mut self, id: TimelineId, fence_id: u64) -> Option<FenceTicket> {
         self.timelines
-            .entry(id)
-            .or_insert_with(|| FenceTimeline::new(id))
-            .push(fence_id)
+            .get_mut(&id)
+            .map(|e| e.timeline.push(fence_id))
     }
 
     pub fn signal(&mut self, ticket: FenceTicket, value: T, released: &mut Vec<T>) -> bool {
-        match self.timelines.get_mut(&ticket.timeline) {
-            Some(t) => t.signal(ticket, value, released),
-            None => false,
+        let id = ticket.timeline;
+        let Some(e) = self.timelines.get_mut(&id) else {
+            return false;
+        };
+        let signalled = e.timeline.signal(ticket, value, released);
+        if e.retired && e.timeline.is_empty() {
+            self.timelines.remove(&id);
         }
+        signalled
     }
 
     pub fn get(&self, id: TimelineId) -> Option<&FenceTimeline<T>> {
-        self.timelines.get(&id)
+        self.timelines.get(&id).map(|e| &e.timeline)
     }
 
-    /// Forgets the empty timelines of a destroyed context.
+    /// A context was destroyed: its empty timelines go now, the others
+    /// once their pending fences are released.
     pub fn retire_context(&mut self, ctx: u32) {
-        self.timelines.retain(|id, t| {
-            !matches!(id, TimelineId::Ring { ctx: c, .. } if *c == ctx) || !t.is_empty()
+        self.timelines.retain(|id, e| {
+            if !matches!(id, TimelineId::Ring { ctx: c, .. } if *c == ctx) {
+                return true;
+            }
+            e.retired = true;
+            !e.timeline.is_empty()
         });
     }
 
     /// Fenced commands not yet released, over all timelines.
     pub fn pending(&self) -> usize {
-        self.timelines.values().map(FenceTimeline::len).sum()
+        self.timelines.values().map(|e| e.timeline.len()).sum()
+    }
+
+    /// Timelines that exist.
+    pub fn count(&self) -> usize {
+        self.timelines.len()
     }
 }
 
@@ -210,5 +248,50 @@ mod tests {
         ts.retire_context(3);
         assert!(ts.get(busy).is_some());
         assert!(ts.get(idle).is_none());
+    }
+
+    #[test]
+    fn a_retired_timeline_is_dropped_once_its_last_fence_is_released() {
+        let mut ts = FenceTimelines::default();
+        let ring = TimelineId::Ring { ctx: 4, ring: 2 };
+        let a = ts.push(ring, 1);
+        ts.retire_context(4);
+        assert_eq!(ts.count(), 1, "still draining");
+        // A refused command of the dead context waits behind fence 1...
+        let b = ts.push_existing(ring, 2).unwrap();
+        let mut out = Vec::new();
+        ts.signal(b, 2, &mut out);
+        assert!(out.is_empty());
+        ts.signal(a, 1, &mut out);
+        assert_eq!(out, vec![1, 2]);
+        // ...and the drained timeline is gone.
+        assert_eq!(ts.count(), 0);
+        assert!(ts.push_existing(ring, 3).is_none());
+    }
+
+    #[test]
+    fn push_existing_creates_nothing() {
+        let mut ts: FenceTimelines<()> = FenceTimelines::default();
+        for ctx in 0..1000 {
+            assert!(ts
+                .push_existing(TimelineId::Ring { ctx, ring: 0 }, 1)
+                .is_none());
+        }
+        assert_eq!(ts.count(), 0);
+    }
+
+    #[test]
+    fn a_context_created_again_keeps_its_draining_timeline() {
+        let mut ts = FenceTimelines::default();
+        let ring = TimelineId::Ring { ctx: 5, ring: 0 };
+        let a = ts.push(ring, 1);
+        ts.retire_context(5);
+        // The id is live again before the old fence is released.
+        let b = ts.push(ring, 2);
+        let mut out = Vec::new();
+        ts.signal(a, 1, &mut out);
+        ts.signal(b, 2, &mut out);
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(ts.count(), 1, "a live context's timeline stays");
     }
 }

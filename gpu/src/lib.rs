@@ -8,6 +8,7 @@
 //! | [`blob`] | blob map/unmap as async tasks; the `BlobMapper` the VMM side implements |
 //! | [`render`] | the `Renderer` trait and the renderers (`sim`, `rutabaga2d`) |
 //! | [`backing`] | guest pages behind a resource |
+//! | [`log_limit`] | rate limits for log lines a guest can cause per command |
 //! | [`sandbox`] | the daemon's seccomp filter, per renderer |
 //! | [`vhost`] | the vhost-user backend: sessions, memory, rings, GPU socket, SHMEM_MAP |
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -17,6 +18,7 @@ pub mod backing;
 pub mod blob;
 pub mod device;
 pub mod fence;
+pub mod log_limit;
 pub mod protocol;
 pub mod render;
 pub mod sandbox;

@@ -183,6 +183,29 @@ impl GpuDriver {
 
     /// Puts raw request bytes on a queue (for malformed-command tests).
     pub fn submit_bytes(&mut self, q: Queue, bytes: &[u8], tag: u64) -> Result<(), GpuDriverError> {
+        self.submit_chain(q, bytes, None, tag)
+    }
+
+    /// Puts a chain the device must refuse whole on a queue: its response
+    /// buffer lies at `addr`, outside guest RAM (a buggy or hostile guest).
+    /// It comes back with nothing written.
+    pub fn submit_unusable(
+        &mut self,
+        q: Queue,
+        bytes: &[u8],
+        addr: GuestAddress,
+        tag: u64,
+    ) -> Result<(), GpuDriverError> {
+        self.submit_chain(q, bytes, Some(addr), tag)
+    }
+
+    fn submit_chain(
+        &mut self,
+        q: Queue,
+        bytes: &[u8],
+        response_at: Option<GuestAddress>,
+        tag: u64,
+    ) -> Result<(), GpuDriverError> {
         let side = &mut self.queues[q as usize];
         if side.ring.num_free() == 0 {
             return Err(GpuDriverError::Full);
@@ -202,7 +225,9 @@ impl GpuDriver {
             .write_slice(bytes, buf)
             .map_err(|e| GpuDriverError::Memory(e.to_string()))?;
         let mut bufs = vec![Buf::readable(buf, req_len)];
-        if resp_len > 0 {
+        if let Some(at) = response_at {
+            bufs.push(Buf::writable(at, RESPONSE_BYTES));
+        } else if resp_len > 0 {
             bufs.push(Buf::writable(
                 GuestAddress(buf.0 + u64::from(req_len)),
                 resp_len,

@@ -798,3 +798,271 @@ fn flush_of_a_guest_blob_scanout_reads_through_its_layout() {
     );
     assert!(matches!(r, Response::Err(_)), "{r:?}");
 }
+
+/// xorshift64: the hostile streams are reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Per-context metric series in Prometheus text (one `_count` line each).
+fn context_series(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("gpu_reactor_fence_latency_seconds_count{"))
+        .collect()
+}
+
+/// 50 000 fenced commands naming made-up contexts, rings and types (as
+/// issue 17 found: every one made a fence timeline, a latency histogram
+/// and a type counter that were never freed). Every command is answered,
+/// with its fence; state stays bounded by what exists; a reset goes back
+/// to the state of a fresh device.
+#[test]
+fn hostile_fenced_commands_with_made_up_ids_are_answered_and_create_no_state() {
+    let (b, mut d) = start();
+    let fresh = b.device.stats().unwrap();
+    assert_eq!((fresh.fence_timelines, fresh.context_series), (0, 0));
+    let fresh_text = b.device.metrics().unwrap();
+    let live = 1..=4u32;
+    for ctx in live.clone() {
+        ctx_create(&mut d, ctx);
+    }
+    let mut r = Rng(0x5eed_1517);
+    let total = 50_000u64;
+    let batch = 500u64;
+    let mut fence = 0u64;
+    let mut answered = 0u64;
+    for start in (0..total).step_by(batch as usize) {
+        // tag → (fence id, the error the device must answer, if any)
+        let mut want = std::collections::HashMap::new();
+        for tag in start..start + batch {
+            fence += 1;
+            let ctx = match r.below(10) {
+                0 | 1 => 1 + r.below(4) as u32,
+                2 => 0,
+                _ => 5 + r.next() as u32 % (u32::MAX - 5),
+            };
+            let ring = r.next() as u8;
+            let with_ring = r.below(10) < 8;
+            let unknown_type = match r.below(4) {
+                0 => Some(0xffff_ffffu32),
+                1 => Some(0x1_0000 + tag as u32),
+                _ => None,
+            };
+            let cmd = if r.below(2) == 0 {
+                GpuCommand::GetDisplayInfo
+            } else {
+                GpuCommand::Submit3d(Submit3d {
+                    data: sim_submit(0, false),
+                })
+            };
+            let is_submit = matches!(cmd, GpuCommand::Submit3d(_));
+            let mut req = Request::new(cmd).with_ctx(ctx).with_fence(fence);
+            if with_ring {
+                req = req.with_ring(ring);
+            }
+            let mut bytes = req.to_bytes();
+            if let Some(t) = unknown_type {
+                bytes[..4].copy_from_slice(&t.to_le_bytes());
+            }
+            let ctx_live = live.contains(&ctx);
+            let code = if unknown_type.is_some() {
+                Some(VIRTIO_GPU_RESP_ERR_UNSPEC)
+            } else if with_ring && ring > 63 {
+                Some(VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER)
+            } else if (with_ring && ctx != 0 && !ctx_live) || (is_submit && !ctx_live) {
+                Some(VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID)
+            } else {
+                None
+            };
+            want.insert(tag, (fence, code));
+            d.submit_bytes(Queue::Control, &bytes, tag).unwrap();
+        }
+        d.kick(Queue::Control).unwrap();
+        for c in d.wait_n(batch as usize, T).unwrap() {
+            let (hdr, resp) = c.response.clone().unwrap();
+            let (fence_id, code) = want[&c.tag];
+            assert_eq!(
+                (hdr.flags & VIRTIO_GPU_FLAG_FENCE, hdr.fence_id),
+                (VIRTIO_GPU_FLAG_FENCE, fence_id),
+                "tag {}: fence not echoed",
+                c.tag
+            );
+            match code {
+                Some(code) => assert_eq!(resp, Response::Err(code), "tag {}", c.tag),
+                None => assert!(!matches!(resp, Response::Err(_)), "tag {}: {resp:?}", c.tag),
+            }
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, total);
+    assert_eq!(d.in_flight(), 0);
+    let s = b.device.stats().unwrap();
+    assert_eq!(s.fences_pending, 0);
+    // The global timeline, 64 rings of each live context and of context 0.
+    assert!(
+        s.fence_timelines <= 1 + 64 * (live.clone().count() as u64 + 1),
+        "{s:?}"
+    );
+    assert!(s.context_series <= 1 + live.clone().count() as u64, "{s:?}");
+    let text = b.device.metrics().unwrap();
+    assert!(
+        text.len() < 64 << 10,
+        "Prometheus text of {} bytes, {} lines",
+        text.len(),
+        text.lines().count()
+    );
+    assert!(
+        context_series(&text).len() <= 5,
+        "{:?}",
+        context_series(&text)
+    );
+
+    // Destroying a context takes its timelines and its series with it.
+    let destroy = Request::new(GpuCommand::CtxDestroy).with_ctx(4);
+    assert_eq!(call(&mut d, destroy), Response::OkNodata);
+    let after_destroy = b.device.stats().unwrap();
+    assert!(
+        after_destroy.fence_timelines <= 1 + 64 * 4,
+        "{after_destroy:?}"
+    );
+    assert!(!b.device.metrics().unwrap().contains("ctx=\"4\""));
+
+    // A reset leaves what a fresh device has (context 0's series aside).
+    d = b.reset(d).unwrap();
+    let s = b.device.stats().unwrap();
+    assert_eq!((s.fence_timelines, s.contexts, s.fences_pending), (0, 0, 0));
+    assert!(s.context_series <= 1, "{s:?}");
+    let text = b.device.metrics().unwrap();
+    assert!(
+        context_series(&text)
+            .iter()
+            .all(|l| l.contains("{ctx=\"0\"}")),
+        "{:?}",
+        context_series(&text)
+    );
+    // One line per command type seen and context 0's histogram at most.
+    assert!(
+        text.lines().count() <= fresh_text.lines().count() + 27 + 16,
+        "{text}"
+    );
+    // And the device still serves rings of a new context.
+    ctx_create(&mut d, 1);
+    let c = d
+        .call(
+            Queue::Control,
+            &submit(1, 0, false).with_ring(3).with_fence(1),
+            T,
+        )
+        .unwrap();
+    assert_eq!(ok(&c), &Response::OkNodata);
+}
+
+/// A fenced command refused for its ring is still released behind the
+/// fences of that timeline while its destroyed context drains.
+#[test]
+fn a_refused_fence_on_a_draining_timeline_waits_for_the_fences_before_it() {
+    let (_b, mut d) = start();
+    ctx_create(&mut d, 1);
+    put(
+        &mut d,
+        &submit(1, 2000, false).with_ring(2).with_fence(1),
+        1,
+    );
+    put(&mut d, &Request::new(GpuCommand::CtxDestroy).with_ctx(1), 2);
+    let late = Request::new(GpuCommand::GetDisplayInfo)
+        .with_ctx(1)
+        .with_ring(2)
+        .with_fence(3);
+    put(&mut d, &late, 3);
+    // Nothing before it on its (made-up) ring: answered at once.
+    let other = Request::new(GpuCommand::GetDisplayInfo)
+        .with_ctx(1)
+        .with_ring(5)
+        .with_fence(4);
+    put(&mut d, &other, 4);
+    d.kick(Queue::Control).unwrap();
+    let done = d.wait_n(4, T).unwrap();
+    let order: Vec<u64> = done.iter().map(|c| c.tag).collect();
+    let at = |tag| order.iter().position(|&t| t == tag).unwrap();
+    assert!(at(1) < at(3), "the refused fence passed fence 1: {order:?}");
+    assert!(at(4) < at(1), "nothing was before it on ring 5: {order:?}");
+    for tag in [3, 4] {
+        assert_eq!(
+            ok(&done[at(tag)]),
+            &Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID)
+        );
+    }
+}
+
+/// Collects what a `tracing` fmt subscriber writes.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// 10 000 chains whose response buffer is outside guest memory: each comes
+/// back empty, and the host log gets a few lines per second for them, not
+/// one line each.
+#[test]
+fn ten_thousand_unusable_chains_write_a_bounded_number_of_log_lines() {
+    let log = LogCapture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The shards log from their own threads: a global subscriber (this is
+    // the only test that sets one).
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let (_b, mut d) = start();
+    let started = std::time::Instant::now();
+    let bytes = Request::new(GpuCommand::GetDisplayInfo).to_bytes();
+    let total = 10_000u64;
+    for start in (0..total).step_by(500) {
+        for tag in start..start + 500 {
+            d.submit_unusable(Queue::Control, &bytes, GuestAddress(1 << 44), tag)
+                .unwrap();
+        }
+        d.kick(Queue::Control).unwrap();
+        for c in d.wait_n(500, T).unwrap() {
+            assert!(c.response.is_err(), "an unusable chain was answered");
+        }
+    }
+    let intervals = started.elapsed().as_secs() + 1;
+    assert!(matches!(
+        call(&mut d, Request::new(GpuCommand::GetDisplayInfo)),
+        Response::OkDisplayInfo(_)
+    ));
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines = |what: &str| text.lines().filter(|l| l.contains(what)).count() as u64;
+    let per_interval = u64::from(gpu::log_limit::LINES_PER_INTERVAL);
+    let chains = lines("unusable descriptor chain");
+    assert!(
+        (1..=per_interval * intervals).contains(&chains),
+        "{chains} lines for {total} chains in {intervals} intervals"
+    );
+    // One count per later interval at most (the intake sites').
+    let counts = text
+        .lines()
+        .filter(|l| l.contains("similar lines suppressed") && l.contains("intake.rs"))
+        .count() as u64;
+    assert!(counts < intervals, "{counts} count lines");
+}

@@ -87,7 +87,9 @@ impl Owner {
                     self.stats.completed += 1;
                     q.unsignalled = true;
                 }
-                Err(e) => tracing::error!(?queue, head, error = ?e, "cannot write the used ring"),
+                Err(e) => {
+                    crate::error_limited!(?queue, head, error = ?e, "cannot write the used ring")
+                }
             }
         }
         self.released = released;
@@ -107,11 +109,11 @@ impl Owner {
             Ok(true) => {
                 self.stats.calls += 1;
                 if let Err(e) = q.call.notify() {
-                    tracing::warn!(queue = ?kind, error = %e, "call eventfd write failed");
+                    crate::warn_limited!(queue = ?kind, error = %e, "call eventfd write failed");
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(queue = ?kind, error = ?e, "cannot read used_event"),
+            Err(e) => crate::warn_limited!(queue = ?kind, error = ?e, "cannot read used_event"),
         }
     }
 }

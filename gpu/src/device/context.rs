@@ -116,7 +116,7 @@ fn respond(env: &ShardEnv, reply: &Reply, resp: &Response) {
     let len = match reply.response.write_response(&*mem, &reply.hdr, resp) {
         Ok(n) => n,
         Err(e) => {
-            tracing::warn!(shard = env.shard, error = %e, "response does not fit the chain");
+            crate::warn_limited!(shard = env.shard, error = %e, "response does not fit the chain");
             0
         }
     };
@@ -456,7 +456,7 @@ fn run_command(
                         map_info: VIRTIO_GPU_MAP_CACHE_CACHED,
                     },
                     Err(e) => {
-                        tracing::warn!(resource = id, error = ?e, "MAP_BLOB failed in the VMM");
+                        crate::warn_limited!(resource = id, error = ?e, "MAP_BLOB failed in the VMM");
                         if let Some(r) = state2.borrow_mut().resources.get_mut(&id) {
                             r.mapped = None;
                         }
@@ -478,7 +478,7 @@ fn run_command(
                 let resp = match env2.blob.unmap(offset, len).await {
                     Ok(()) => Response::OkNodata,
                     Err(e) => {
-                        tracing::warn!(resource = id, error = ?e, "UNMAP_BLOB failed in the VMM");
+                        crate::warn_limited!(resource = id, error = ?e, "UNMAP_BLOB failed in the VMM");
                         Response::Err(VIRTIO_GPU_RESP_ERR_UNSPEC)
                     }
                 };

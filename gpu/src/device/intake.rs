@@ -19,7 +19,8 @@ use crate::backing::GuestMem;
 use crate::fence::TimelineId;
 use crate::protocol::le::ByteReader;
 use crate::protocol::wire::{
-    VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_FLAG_INFO_RING_IDX, VIRTIO_GPU_F_CONTEXT_INIT,
+    VIRTIO_GPU_CMD_CTX_CREATE, VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_FLAG_INFO_RING_IDX,
+    VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_MAX_RING_IDX,
 };
 use crate::protocol::{
     decode, decode_cursor, edid_for, gather, CtrlHeader, EdidBlob, Format, GpuCommand,
@@ -82,6 +83,8 @@ const LIGHT_FOR: Duration = Duration::from_millis(100);
 /// frame, a tenth of what the device can run).
 const PACE_WINDOW: Duration = Duration::from_millis(1);
 const PACE_BUDGET: u32 = 20;
+/// Backlogged contexts the pacer remembers before it forgets quiet ones.
+const PACER_CONTEXTS: usize = 256;
 
 /// Fair share for contexts that flood. A context past its in-flight cap
 /// waits at the owner (`dispatch`); each of its finished commands lets the
@@ -99,6 +102,8 @@ pub(super) struct Pacer {
     light_at: Option<(u32, Instant)>,
     /// When each context last had to wait (was parked).
     backlogged_at: HashMap<u32, Instant>,
+    /// Size of `backlogged_at` at which the quiet ones are swept out.
+    sweep_at: usize,
     window_end: Instant,
     tokens: u32,
     /// Contexts owed a dispatch (one entry per finished command).
@@ -110,6 +115,7 @@ impl Default for Pacer {
         Pacer {
             light_at: None,
             backlogged_at: HashMap::new(),
+            sweep_at: PACER_CONTEXTS,
             window_end: Instant::now(),
             tokens: PACE_BUDGET,
             owed: VecDeque::new(),
@@ -120,6 +126,15 @@ impl Default for Pacer {
 impl Pacer {
     /// A command of `ctx` had to wait.
     fn waited(&mut self, ctx: u32, now: Instant) {
+        // Contexts are the guest's ids: forget the ones quiet for LIGHT_FOR
+        // (they count as light again anyway) before this grows.
+        // The next sweep waits for twice what is left, so sweeps cost
+        // O(1) per call even when every entry is recent.
+        if self.backlogged_at.len() >= self.sweep_at && !self.backlogged_at.contains_key(&ctx) {
+            self.backlogged_at
+                .retain(|_, t| now.saturating_duration_since(*t) < LIGHT_FOR);
+            self.sweep_at = (2 * self.backlogged_at.len()).max(PACER_CONTEXTS);
+        }
         self.backlogged_at.insert(ctx, now);
         if self.light_at.is_some_and(|(c, _)| c == ctx) {
             self.light_at = None;
@@ -179,7 +194,7 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
         let chain = match q.queue.iter(&*mem) {
             Ok(mut it) => it.next(),
             Err(e) => {
-                tracing::warn!(queue = ?kind, error = ?e, "queue not usable");
+                crate::warn_limited!(queue = ?kind, error = ?e, "queue not usable");
                 None
             }
         };
@@ -196,7 +211,7 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
                 Ok(true) => continue,
                 Ok(false) => break false,
                 Err(e) => {
-                    tracing::warn!(queue = ?kind, error = ?e, "cannot enable notifications");
+                    crate::warn_limited!(queue = ?kind, error = ?e, "cannot enable notifications");
                     break false;
                 }
             },
@@ -225,7 +240,8 @@ async fn answer_after_vmm_view(owner: OwnerRef, held: HeldQuery) {
         wait,
     } = held;
     if reactor::time::timeout(VMM_VIEW_WAIT, wait).await.is_err() {
-        tracing::warn!(
+        // Once per held query: a guest can send many while the VMM is slow.
+        crate::warn_limited!(
             "the VMM's display view is not known after {VMM_VIEW_WAIT:?}; answering the guest's \
              display query without it"
         );
@@ -347,16 +363,42 @@ fn replay_queue(
     Ok(Replay { view, queue })
 }
 
-/// The timeline a fenced header is ordered on.
-fn timeline(o: &Owner, hdr: &CtrlHeader) -> TimelineId {
+/// The timeline a fenced header is ordered on. Timelines exist only for
+/// what exists: the global one, and rings `0..max_rings` of context 0 and
+/// of live contexts (virtio 1.3 §5.7.6.7: `ring_idx` is 0 to 63 and names
+/// a ring of the context). Anything else is refused, with the timeline the
+/// guest named: the command is answered with the error and no timeline is
+/// created for it (crosvm likewise answers a fence on an unknown context
+/// with ERR_INVALID_CONTEXT_ID).
+fn placement(o: &Owner, hdr: &CtrlHeader) -> Result<TimelineId, (TimelineId, ProtocolError)> {
     let rings = o.decode.has_feature(VIRTIO_GPU_F_CONTEXT_INIT);
-    if rings && hdr.flags & VIRTIO_GPU_FLAG_INFO_RING_IDX != 0 && hdr.ring_idx < 64 {
-        TimelineId::Ring {
-            ctx: hdr.ctx_id,
-            ring: hdr.ring_idx,
-        }
-    } else {
-        TimelineId::Global
+    if !rings || hdr.flags & VIRTIO_GPU_FLAG_INFO_RING_IDX == 0 {
+        // Without CONTEXT_INIT decode refuses the flag; the error still
+        // goes out in global order.
+        return Ok(TimelineId::Global);
+    }
+    let (ctx, ring) = (hdr.ctx_id, hdr.ring_idx);
+    let id = TimelineId::Ring { ctx, ring };
+    // CTX_CREATE may fence on a ring of the context it creates (crosvm and
+    // QEMU create first, then fence); `handle` retires the timeline again
+    // if the creation is refused.
+    let live =
+        ctx == 0 || o.directory.context(ctx).is_ok() || hdr.kind == VIRTIO_GPU_CMD_CTX_CREATE;
+    if !live {
+        return Err((id, ProtocolError::UnknownContext(ctx)));
+    }
+    if ring >= o.shared.info.max_rings.min(VIRTIO_GPU_MAX_RING_IDX + 1) {
+        return Err((id, ProtocolError::RingIdxOutOfRange(ring)));
+    }
+    Ok(id)
+}
+
+/// After a CTX_CREATE that did not create its context: the timeline its
+/// fence may have made (see `placement`) goes once released.
+fn forget_unborn_context(o: &mut Owner, hdr: &CtrlHeader) {
+    let ctx = hdr.ctx_id;
+    if hdr.kind == VIRTIO_GPU_CMD_CTX_CREATE && ctx != 0 && o.directory.context(ctx).is_err() {
+        o.timelines.retire_context(ctx);
     }
 }
 
@@ -367,7 +409,7 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
         Ok(g) => g,
         Err(e) => {
             // No safe place to answer: give the chain back empty.
-            tracing::warn!(queue = ?kind, head, error = %e, "unusable descriptor chain");
+            crate::warn_limited!(queue = ?kind, head, error = %e, "unusable descriptor chain");
             o.stats.errors += 1;
             o.complete_now(kind, head, 0, None);
             return;
@@ -399,16 +441,26 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
         hdr.ctx_id,
         hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0,
     );
-    let ticket = (hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 && kind == QueueKind::Control)
-        .then(|| o.timelines.push(timeline(o, &hdr), hdr.fence_id));
+    // A fence on a timeline that cannot exist is refused; it still goes
+    // out behind the fences before it if that timeline is draining.
+    let (ticket, refused) = if hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 && kind == QueueKind::Control
+    {
+        match placement(o, &hdr) {
+            Ok(id) => (Some(o.timelines.push(id, hdr.fence_id)), None),
+            Err((id, e)) => (o.timelines.push_existing(id, hdr.fence_id), Some(e)),
+        }
+    } else {
+        (None, None)
+    };
     let req = match kind {
         QueueKind::Control => decode(&bytes, &o.decode),
         QueueKind::Cursor => decode_cursor(&bytes, &o.decode),
     };
-    let req = match req {
-        Ok(r) => r,
-        Err(e) => {
+    let req = match (req, refused) {
+        (Ok(r), None) => r,
+        (Err(e), _) | (Ok(_), Some(e)) => {
             o.answer_now(kind, head, &hdr, &area, ticket, &Err(e), mem);
+            forget_unborn_context(o, &hdr);
             return;
         }
     };
@@ -434,10 +486,13 @@ fn handle(o: &mut Owner, kind: QueueKind, chain: DescriptorChain<&GuestMem>, mem
         Ok(c) => c,
         Err(e) => {
             o.answer_now(kind, head, &hdr, &area, ticket, &Err(e), mem);
+            forget_unborn_context(o, &hdr);
             return;
         }
     };
-    match route(o, &req) {
+    let routed = route(o, &req);
+    forget_unborn_context(o, &hdr);
+    match routed {
         Ok(Route::Here(resp)) => o.answer_now(kind, head, &hdr, &area, ticket, &Ok(resp), mem),
         Ok(Route::Shard(shard, extra)) => {
             let job = Job {
@@ -704,11 +759,14 @@ fn route(o: &mut Owner, req: &Request) -> Result<Route, ProtocolError> {
                 });
             }
             let candidates = o.candidates().to_vec();
-            shard(o.directory.add_context(ctx, &candidates)?)
+            let home = o.directory.add_context(ctx, &candidates)?;
+            o.watch.context_created(ctx);
+            shard(home)
         }
         GpuCommand::CtxDestroy => {
             let e = o.directory.remove_context(ctx)?;
             o.timelines.retire_context(ctx);
+            o.watch.context_destroyed(ctx);
             shard(e.shard)
         }
         GpuCommand::CtxAttachResource(r) => {
@@ -873,12 +931,15 @@ impl Owner {
         else {
             return;
         };
-        tracing::error!(shard, "shard executor is gone");
+        crate::error_limited!(shard, "shard executor is gone");
         let r = job.reply;
         self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         if r.hdr.ctx_id != 0 {
             if let Some(n) = self.routed.get_mut(&r.hdr.ctx_id) {
                 *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.routed.remove(&r.hdr.ctx_id);
+                }
             }
         }
         let mem = self.mem.memory();
@@ -895,8 +956,13 @@ impl Owner {
 
     /// A context's command finished on its shard: let the next waiting one go.
     pub(super) fn release_slot(&mut self, ctx: u32) {
+        // Entries exist only while a context has commands on a shard: the
+        // header's ctx_id is the guest's to choose.
         if let Some(n) = self.routed.get_mut(&ctx) {
             *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.routed.remove(&ctx);
+            }
         }
         if self.parked.get(&ctx).is_some_and(|p| !p.is_empty()) {
             if self.pacer.take(ctx, Instant::now()) {
@@ -911,6 +977,9 @@ impl Owner {
     /// Sends `ctx`'s oldest waiting command to its shard.
     fn dispatch_parked(&mut self, ctx: u32) {
         let next = self.parked.get_mut(&ctx).and_then(|p| p.pop_front());
+        if self.parked.get(&ctx).is_some_and(|p| p.is_empty()) {
+            self.parked.remove(&ctx);
+        }
         if let Some((shard, job)) = next {
             *self.routed.entry(ctx).or_default() += 1;
             self.send_to_shard(shard, job);
@@ -966,6 +1035,18 @@ mod pacer_tests {
         // A light context quiet for LIGHT_FOR no longer holds the others back.
         let t2 = t0 + LIGHT_FOR + PACE_WINDOW;
         assert!((0..1000).all(|_| p.take(1, t2)));
+    }
+
+    #[test]
+    fn the_pacer_forgets_contexts_that_stopped_waiting() {
+        let mut p = Pacer::default();
+        let t0 = Instant::now();
+        for ctx in 0..100_000u32 {
+            // A new made-up context id every 10 µs.
+            p.waited(ctx, t0 + Duration::from_micros(u64::from(ctx) * 10));
+        }
+        // At most twice those of the last LIGHT_FOR (10 000).
+        assert!(p.backlogged_at.len() <= 2 * 10_000 + PACER_CONTEXTS);
     }
 
     #[test]

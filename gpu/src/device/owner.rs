@@ -44,6 +44,11 @@ pub struct OwnerStats {
     /// Chains a previous backend took and this one ran again.
     pub resubmitted: u64,
     pub fences_pending: u64,
+    /// Fence timelines that exist (global, rings of live contexts, rings
+    /// of destroyed ones still draining).
+    pub fence_timelines: u64,
+    /// Per-context metric series (fence latency histograms).
+    pub context_series: u64,
     pub contexts: u64,
     pub resources: u64,
     pub resource_bytes: u64,
@@ -177,6 +182,8 @@ pub(super) async fn run(
                 let o = owner.borrow();
                 let mut s = o.stats;
                 s.fences_pending = o.timelines.pending() as u64;
+                s.fence_timelines = o.timelines.count() as u64;
+                s.context_series = o.watch.series() as u64;
                 let (contexts, resources) = o.directory.counts();
                 s.contexts = contexts as u64;
                 s.resources = resources as u64;
@@ -377,6 +384,7 @@ impl Owner {
         self.scanouts = Scanouts::new(cfg.num_scanouts, cfg.width, cfg.height);
         self.timelines = FenceTimelines::default();
         self.stats.in_flight = 0;
+        // Every context is gone, and with it its metrics.
         self.watch.clear();
         self.routed.clear();
         self.parked.clear();
@@ -432,6 +440,12 @@ impl Owner {
                 "Fenced commands waiting for release.",
                 "gauge",
                 self.timelines.pending() as u64,
+            ),
+            (
+                "fence_timelines",
+                "Fence timelines: the global one and the rings of live contexts (and of destroyed ones until they drain).",
+                "gauge",
+                self.timelines.count() as u64,
             ),
             ("contexts", "Live contexts.", "gauge", contexts as u64),
             ("resources", "Live resources.", "gauge", resources as u64),

@@ -2,12 +2,18 @@
 //! (a command older than `--stall-warn-ms` is logged with its context and
 //! type: the diagnosis the deadlock analysis had to do by hand) and for the
 //! Prometheus metrics (per-context fence latency, queue depth).
+//!
+//! Nothing here is created for an id the guest merely names: fence latency
+//! is kept for live contexts only (from `CTX_CREATE` to `CTX_DESTROY` or a
+//! reset) plus context 0, and commands are counted in a fixed array of the
+//! known types plus one "unknown" bucket. A scrape stays small whatever the
+//! guest sends.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use crate::protocol::wire::type_name;
+use crate::protocol::wire::*;
 
 use super::job::QueueKind;
 
@@ -15,6 +21,45 @@ use super::job::QueueKind;
 const BUCKETS_US: [u64; 12] = [
     50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 1_000_000,
 ];
+
+/// The command types counted one by one; anything else is "unknown".
+const COMMAND_TYPES: [u32; 26] = [
+    VIRTIO_GPU_CMD_GET_DISPLAY_INFO,
+    VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
+    VIRTIO_GPU_CMD_RESOURCE_UNREF,
+    VIRTIO_GPU_CMD_SET_SCANOUT,
+    VIRTIO_GPU_CMD_RESOURCE_FLUSH,
+    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
+    VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING,
+    VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING,
+    VIRTIO_GPU_CMD_GET_CAPSET_INFO,
+    VIRTIO_GPU_CMD_GET_CAPSET,
+    VIRTIO_GPU_CMD_GET_EDID,
+    VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID,
+    VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
+    VIRTIO_GPU_CMD_SET_SCANOUT_BLOB,
+    VIRTIO_GPU_CMD_CTX_CREATE,
+    VIRTIO_GPU_CMD_CTX_DESTROY,
+    VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE,
+    VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE,
+    VIRTIO_GPU_CMD_RESOURCE_CREATE_3D,
+    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D,
+    VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D,
+    VIRTIO_GPU_CMD_SUBMIT_3D,
+    VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB,
+    VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB,
+    VIRTIO_GPU_CMD_UPDATE_CURSOR,
+    VIRTIO_GPU_CMD_MOVE_CURSOR,
+];
+
+/// The counter of a command type: its place in [`COMMAND_TYPES`], or the
+/// last one (unknown).
+fn type_slot(kind: u32) -> usize {
+    COMMAND_TYPES
+        .iter()
+        .position(|&k| k == kind)
+        .unwrap_or(COMMAND_TYPES.len())
+}
 
 struct Inflight {
     kind: u32,
@@ -46,17 +91,29 @@ impl Histogram {
 }
 
 /// In-flight commands and the metrics derived from them.
-#[derive(Default)]
 pub struct Watch {
     inflight: HashMap<(u8, u16), Inflight>,
+    /// Per live context, and context 0 (created at its first fence).
     fence_latency: HashMap<u32, Histogram>,
     stalls_reported: u64,
-    by_type: HashMap<u32, u64>,
+    /// Per [`COMMAND_TYPES`] entry, then unknown types.
+    by_type: [u64; COMMAND_TYPES.len() + 1],
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            inflight: HashMap::new(),
+            fence_latency: HashMap::new(),
+            stalls_reported: 0,
+            by_type: [0; COMMAND_TYPES.len() + 1],
+        }
+    }
 }
 
 impl Watch {
     pub fn start(&mut self, queue: QueueKind, head: u16, kind: u32, ctx: u32, fenced: bool) {
-        *self.by_type.entry(kind).or_default() += 1;
+        self.by_type[type_slot(kind)] += 1;
         self.inflight.insert(
             (queue as u8, head),
             Inflight {
@@ -75,13 +132,17 @@ impl Watch {
             return;
         };
         if c.fenced {
-            self.fence_latency
-                .entry(c.ctx)
-                .or_default()
-                .observe(c.since.elapsed());
+            // Not for a context that does not exist (any more).
+            let h = match c.ctx {
+                0 => Some(self.fence_latency.entry(0).or_default()),
+                ctx => self.fence_latency.get_mut(&ctx),
+            };
+            if let Some(h) = h {
+                h.observe(c.since.elapsed());
+            }
         }
         if c.warned {
-            tracing::warn!(
+            crate::warn_limited!(
                 ctx = c.ctx,
                 command = type_name(c.kind),
                 waited_ms = c.since.elapsed().as_secs_f64() * 1e3,
@@ -98,7 +159,7 @@ impl Watch {
             if !c.warned && age >= threshold {
                 c.warned = true;
                 self.stalls_reported += 1;
-                tracing::warn!(
+                crate::warn_limited!(
                     ctx = c.ctx,
                     command = type_name(c.kind),
                     queue = *queue,
@@ -111,9 +172,31 @@ impl Watch {
         }
     }
 
-    /// Everything in flight is gone (reset).
+    /// A context was created: its fence latency is kept from now on.
+    pub fn context_created(&mut self, ctx: u32) {
+        if ctx != 0 {
+            self.fence_latency.insert(ctx, Histogram::default());
+        }
+    }
+
+    /// A context was destroyed: its series goes.
+    pub fn context_destroyed(&mut self, ctx: u32) {
+        if ctx != 0 {
+            self.fence_latency.remove(&ctx);
+        }
+    }
+
+    /// Everything in flight is gone, and every context (reset). Context 0's
+    /// latency and the counters stay: they are the device's, not the
+    /// guest's objects.
     pub fn clear(&mut self) {
         self.inflight.clear();
+        self.fence_latency.retain(|&ctx, _| ctx == 0);
+    }
+
+    /// Per-id series kept (fence latency histograms).
+    pub fn series(&self) -> usize {
+        self.fence_latency.len()
     }
 
     /// Commands popped from `queue` (or any queue) whose used element is
@@ -154,14 +237,12 @@ impl Watch {
             "# HELP gpu_reactor_commands_total Commands popped, by type."
         );
         let _ = writeln!(out, "# TYPE gpu_reactor_commands_total counter");
-        let mut kinds: Vec<_> = self.by_type.iter().collect();
-        kinds.sort_unstable();
-        for (k, n) in kinds {
-            let _ = writeln!(
-                out,
-                "gpu_reactor_commands_total{{type=\"{}\"}} {n}",
-                type_name(*k)
-            );
+        for (slot, &n) in self.by_type.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let name = COMMAND_TYPES.get(slot).map_or("unknown", |&k| type_name(k));
+            let _ = writeln!(out, "gpu_reactor_commands_total{{type=\"{name}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP gpu_reactor_fence_latency_seconds Pop to used-ring release of fenced commands, per context.");
         let _ = writeln!(out, "# TYPE gpu_reactor_fence_latency_seconds histogram");
@@ -197,11 +278,11 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::wire::VIRTIO_GPU_CMD_SUBMIT_3D;
 
     #[test]
     fn a_command_past_the_threshold_is_reported_once_with_its_context() {
         let mut w = Watch::default();
+        w.context_created(7);
         w.start(QueueKind::Control, 3, VIRTIO_GPU_CMD_SUBMIT_3D, 7, true);
         w.check(Duration::from_secs(3600));
         assert_eq!(w.stalls_reported, 0);
@@ -221,5 +302,54 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("le=\"+Inf\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn fence_latency_is_kept_only_for_live_contexts_and_context_0() {
+        let mut w = Watch::default();
+        w.context_created(3);
+        for (head, ctx) in [(0u16, 0u32), (1, 3), (2, 99), (3, 100)] {
+            w.start(
+                QueueKind::Control,
+                head,
+                VIRTIO_GPU_CMD_SUBMIT_3D,
+                ctx,
+                true,
+            );
+            w.finish(QueueKind::Control, head);
+        }
+        assert_eq!(w.series(), 2, "contexts 0 and 3 only");
+        w.context_destroyed(3);
+        assert_eq!(w.series(), 1);
+        w.context_created(4);
+        w.clear();
+        assert_eq!(w.series(), 1, "a reset leaves context 0");
+    }
+
+    #[test]
+    fn unknown_command_types_share_one_counter() {
+        let mut w = Watch::default();
+        for i in 0..1000u32 {
+            w.start(QueueKind::Control, 0, 0x10000 + i, 0, false);
+            w.finish(QueueKind::Control, 0);
+        }
+        w.start(
+            QueueKind::Control,
+            0,
+            VIRTIO_GPU_CMD_GET_DISPLAY_INFO,
+            0,
+            false,
+        );
+        let mut text = String::new();
+        w.render(&mut text);
+        assert!(
+            text.contains("gpu_reactor_commands_total{type=\"unknown\"} 1000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gpu_reactor_commands_total{type=\"GET_DISPLAY_INFO\"} 1"),
+            "{text}"
+        );
+        assert_eq!(text.matches("gpu_reactor_commands_total{").count(), 2);
     }
 }

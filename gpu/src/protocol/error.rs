@@ -80,7 +80,8 @@ pub enum ProtocolError {
     UnknownHeaderFlags(u32),
     /// `FLAG_INFO_RING_IDX` without `VIRTIO_GPU_F_CONTEXT_INIT`.
     RingIdxWithoutContextInit,
-    /// `ring_idx` above 63.
+    /// `ring_idx` above 63, or past the rings the renderer keeps per
+    /// context (`RendererInfo::max_rings`, checked by the device).
     RingIdxOutOfRange(u8),
 
     // ---- Field values (stateless decode) ----
@@ -479,7 +480,7 @@ impl fmt::Display for ProtocolError {
             }
             UnknownHeaderFlags(v) => write!(f, "unknown header flags {v:#x}"),
             RingIdxWithoutContextInit => write!(f, "INFO_RING_IDX set but CONTEXT_INIT not negotiated"),
-            RingIdxOutOfRange(i) => write!(f, "ring_idx {i} above 63"),
+            RingIdxOutOfRange(i) => write!(f, "ring_idx {i} out of range"),
             ResourceIdZero => write!(f, "resource id 0 is reserved"),
             ContextIdZero => write!(f, "context id 0 is reserved"),
             ScanoutIdOutOfRange { id, num } => write!(f, "scanout {id} out of range (device has {num})"),

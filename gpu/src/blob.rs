@@ -67,7 +67,7 @@ impl HostVisibleRanges {
         len: u64,
         region: u64,
     ) -> Result<MappedRange, ProtocolError> {
-        if offset % SHM_PAGE_SIZE != 0 {
+        if !offset.is_multiple_of(SHM_PAGE_SIZE) {
             return Err(ProtocolError::MapOffsetUnaligned { offset });
         }
         let end = len

@@ -6,9 +6,17 @@
 //! answer slowly. A [`BlobMapper`] returns a future the resource's home shard
 //! awaits on its ring: the shard, and every other context, keep running.
 //! Operations on one resource are kept in guest order by [`BlobLane`].
+//!
+//! The device checks a `MAP_BLOB` itself before the VMM sees it
+//! ([`HostVisibleRanges`]): the offset is page aligned, the blob's pages
+//! fit in the region, and they overlap no range another blob holds. A
+//! range is held from the `MAP_BLOB` that claims it until the VMM has
+//! answered the `UNMAP_BLOB` (or the unref) that gives it back, or refused
+//! the map: a new blob can never be mapped over one the VMM still shows
+//! there, nor be taken out by a late unmap of the old one.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,7 +24,114 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::protocol::ProtocolError;
 use crate::render::BlobMemory;
+
+/// The host-visible region is mapped in pages of this size.
+pub const SHM_PAGE_SIZE: u64 = 4096;
+
+/// A range of the host-visible region one blob holds: `len` is the blob's
+/// size, the range its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappedRange {
+    pub offset: u64,
+    pub len: u64,
+    /// First byte after the blob's last page.
+    end: u64,
+    /// The shard whose resource holds it (cleared with that shard's reset).
+    shard: usize,
+    /// Tells this claim from a later one at the same offset.
+    id: u64,
+}
+
+#[derive(Debug, Default)]
+struct Ranges {
+    by_offset: BTreeMap<u64, MappedRange>,
+    next_id: u64,
+}
+
+/// The ranges of the host-visible region that blobs hold, shared by every
+/// shard (resources of different shards share the one region).
+#[derive(Debug, Default)]
+pub struct HostVisibleRanges {
+    ranges: Mutex<Ranges>,
+}
+
+impl HostVisibleRanges {
+    /// Claims the pages of a `len`-byte blob at `offset` of a `region`-byte
+    /// region for a resource of `shard`, or says which rule it breaks.
+    pub fn claim(
+        &self,
+        shard: usize,
+        offset: u64,
+        len: u64,
+        region: u64,
+    ) -> Result<MappedRange, ProtocolError> {
+        if !offset.is_multiple_of(SHM_PAGE_SIZE) {
+            return Err(ProtocolError::MapOffsetUnaligned { offset });
+        }
+        let end = len
+            .div_ceil(SHM_PAGE_SIZE)
+            .checked_mul(SHM_PAGE_SIZE)
+            .and_then(|pages| offset.checked_add(pages))
+            // An empty blob (refused at creation anyway) would hold nothing
+            // and could replace the claim at its offset.
+            .filter(|&end| end <= region && len > 0)
+            .ok_or(ProtocolError::MapOutsideHostVisibleRegion { offset, size: len })?;
+        let mut r = self.lock();
+        // Held ranges never overlap, so only the last one starting before
+        // `end` can reach into [offset, end).
+        if let Some((_, held)) = r.by_offset.range(..end).next_back() {
+            if held.end > offset {
+                return Err(ProtocolError::MapOverlapsMappedBlob {
+                    offset,
+                    size: len,
+                    mapped_offset: held.offset,
+                    mapped_size: held.len,
+                });
+            }
+        }
+        r.next_id += 1;
+        let claim = MappedRange {
+            offset,
+            len,
+            end,
+            shard,
+            id: r.next_id,
+        };
+        r.by_offset.insert(offset, claim);
+        Ok(claim)
+    }
+
+    /// Gives `claim` back (nothing if a reset already did).
+    pub fn release(&self, claim: MappedRange) {
+        let mut r = self.lock();
+        if r.by_offset.get(&claim.offset) == Some(&claim) {
+            r.by_offset.remove(&claim.offset);
+        }
+    }
+
+    /// `shard` was reset: its resources, and the ranges they held, are gone
+    /// (the VMM clears its region on reset).
+    pub fn release_shard(&self, shard: usize) {
+        self.lock().by_offset.retain(|_, c| c.shard != shard);
+    }
+
+    /// Ranges held now.
+    pub fn held(&self) -> Vec<(u64, u64)> {
+        self.lock()
+            .by_offset
+            .values()
+            .map(|c| (c.offset, c.len))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ranges> {
+        // The map is consistent after every step: a panic elsewhere while
+        // it was held leaves nothing half done.
+        self.ranges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Why the VMM did not map or unmap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +281,79 @@ impl BlobLane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REGION: u64 = 1 << 20;
+
+    #[test]
+    fn a_map_offset_must_be_page_aligned() {
+        let r = HostVisibleRanges::default();
+        assert_eq!(
+            r.claim(0, 100, 4096, REGION),
+            Err(ProtocolError::MapOffsetUnaligned { offset: 100 })
+        );
+        assert!(r.claim(0, 8192, 4096, REGION).is_ok());
+    }
+
+    #[test]
+    fn a_blob_must_fit_the_region_by_whole_pages() {
+        let r = HostVisibleRanges::default();
+        let outside = |offset, size| ProtocolError::MapOutsideHostVisibleRegion { offset, size };
+        assert_eq!(
+            r.claim(0, REGION - 4096, 4097, REGION),
+            Err(outside(REGION - 4096, 4097))
+        );
+        assert_eq!(r.claim(0, 0, u64::MAX, REGION), Err(outside(0, u64::MAX)));
+        assert_eq!(r.claim(0, REGION, 1, REGION), Err(outside(REGION, 1)));
+        // A short blob takes its whole last page.
+        assert!(r.claim(0, REGION - 4096, 100, REGION).is_ok());
+    }
+
+    #[test]
+    fn a_blob_may_not_overlap_one_already_held_until_it_is_released() {
+        let r = HostVisibleRanges::default();
+        let held = r.claim(0, 0x4000, 0x2000, REGION).unwrap();
+        let overlap = |offset, size| ProtocolError::MapOverlapsMappedBlob {
+            offset,
+            size,
+            mapped_offset: 0x4000,
+            mapped_size: 0x2000,
+        };
+        // Inside, across either end, around it.
+        assert_eq!(
+            r.claim(1, 0x5000, 0x1000, REGION),
+            Err(overlap(0x5000, 0x1000))
+        );
+        assert_eq!(
+            r.claim(1, 0x3000, 0x2000, REGION),
+            Err(overlap(0x3000, 0x2000))
+        );
+        assert_eq!(
+            r.claim(1, 0x5000, 0x4000, REGION),
+            Err(overlap(0x5000, 0x4000))
+        );
+        assert_eq!(r.claim(1, 0, 0x10000, REGION), Err(overlap(0, 0x10000)));
+        // Touching is not overlapping; a short blob's last page counts.
+        assert!(r.claim(1, 0x3000, 0x1000, REGION).is_ok());
+        assert!(r.claim(1, 0x6000, 10, REGION).is_ok());
+        assert!(r.claim(1, 0x6000, 10, REGION).is_err(), "its page is held");
+        r.release(held);
+        assert!(r.claim(1, 0x4000, 0x2000, REGION).is_ok());
+    }
+
+    #[test]
+    fn a_release_after_a_reset_leaves_a_newer_claim_alone() {
+        let r = HostVisibleRanges::default();
+        let old = r.claim(0, 0, 4096, REGION).unwrap();
+        r.claim(1, 4096, 4096, REGION).unwrap();
+        r.release_shard(0);
+        assert_eq!(r.held(), vec![(4096, 4096)], "only shard 0's ranges go");
+        let new = r.claim(0, 0, 4096, REGION).unwrap();
+        // The old map's late answer gives back its own claim only.
+        r.release(old);
+        assert_eq!(r.held(), vec![(0, 4096), (4096, 4096)]);
+        r.release(new);
+        assert_eq!(r.held(), vec![(4096, 4096)]);
+    }
 
     #[test]
     fn lane_runs_operations_in_order_even_when_the_first_is_slow() {

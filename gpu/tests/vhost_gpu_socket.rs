@@ -55,9 +55,21 @@ fn reply(s: &mut UnixStream, request: u32, payload: &[u8]) {
 }
 
 impl FakeVmm {
-    fn spawn(mut s: UnixStream, answer_display_info: bool) -> FakeVmm {
+    fn spawn(s: UnixStream, answer_display_info: bool) -> FakeVmm {
+        FakeVmm::spawn_after(s, answer_display_info, None)
+    }
+
+    /// A VMM that reads nothing until `gate` says so (or is dropped).
+    fn spawn_after(
+        mut s: UnixStream,
+        answer_display_info: bool,
+        gate: Option<mpsc::Receiver<()>>,
+    ) -> FakeVmm {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+            }
             while let Some((h, payload)) = read_msg(&mut s) {
                 match h.request {
                     GET_PROTOCOL_FEATURES => {
@@ -307,4 +319,90 @@ fn the_socket_is_dropped_when_the_session_ends() {
     f.sock.shutdown(std::net::Shutdown::Both).unwrap();
     r.session.join().unwrap();
     assert!(!r.backend.display().is_attached());
+}
+
+#[test]
+fn alternating_set_scanouts_to_a_vmm_that_does_not_read_stay_bounded_and_the_last_mode_wins() {
+    let r = start(options());
+    let f = &r.frontend;
+    let ram = guest_ram();
+    let mut d = f.bring_up(&ram);
+    let (backend_end, vmm_end) = UnixStream::pair().unwrap();
+    let (open, gate) = mpsc::channel();
+    assert_eq!(
+        f.acked(FrontendReq::GPU_SET_SOCKET, &[], &[backend_end.as_fd()]),
+        0
+    );
+    let vmm = FakeVmm::spawn_after(vmm_end, true, Some(gate));
+    resource_with_pattern(&mut d, 64, 64);
+
+    // 100,000 SET_SCANOUTs switching between two modes, in batches the
+    // ring holds, while the VMM reads nothing.
+    let modes = [(64, 64), (32, 16)];
+    let total = 100_000u64;
+    let batch = 64;
+    let display = r.backend.display();
+    let mut most_queued = 0;
+    let mut sent = 0u64;
+    while sent < total {
+        let n = batch.min(total - sent);
+        for k in 0..n {
+            let (w, h) = modes[((sent + k) % 2) as usize];
+            let set = SetScanout {
+                rect: Rect::new(0, 0, w, h),
+                scanout_id: ScanoutId(0),
+                resource_id: ResourceId(1),
+            };
+            d.submit(
+                Queue::Control,
+                &Request::new(GpuCommand::SetScanout(set)),
+                sent + k,
+            )
+            .unwrap();
+        }
+        d.kick(Queue::Control).unwrap();
+        for c in d.wait_n(n as usize, T).unwrap() {
+            assert_eq!(c.response.unwrap().1, Response::OkNodata);
+        }
+        sent += n;
+        most_queued = most_queued.max(display.queued_messages());
+        // One SCANOUT for the scanout, and a request or two of the
+        // handshake (checked as it goes: an unbounded queue fails early).
+        assert!(
+            most_queued <= 4,
+            "{most_queued} messages waited for the VMM after {sent} SET_SCANOUTs"
+        );
+    }
+    let (fw, fh) = modes[((total - 1) % 2) as usize];
+
+    // The VMM reads again: the last SCANOUT it sees is the final mode, and
+    // a flush after it lands on that mode.
+    open.send(()).unwrap();
+    let flush = ResourceFlush {
+        rect: Rect::new(0, 0, fw, fh),
+        resource_id: ResourceId(1),
+    };
+    assert_eq!(
+        call(&mut d, Request::new(GpuCommand::ResourceFlush(flush))),
+        Response::OkNodata
+    );
+    let mut scanouts = 0u64;
+    let mut last = None;
+    loop {
+        let (kind, p) = vmm.next_display_output();
+        if kind == UPDATE {
+            let fields: Vec<u32> = (0..5).map(|i| u32_at(&p, i)).collect();
+            assert_eq!(fields, vec![0, 0, 0, fw, fh]);
+            break;
+        }
+        scanouts += 1;
+        last = Some([u32_at(&p, 0), u32_at(&p, 1), u32_at(&p, 2)]);
+    }
+    assert_eq!(
+        last,
+        Some([0, fw, fh]),
+        "the VMM's last view is not the final mode"
+    );
+    assert!(scanouts < total, "every SCANOUT was sent: nothing merged");
+    assert_eq!(display.queued_messages(), 0);
 }

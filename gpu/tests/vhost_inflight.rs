@@ -230,3 +230,128 @@ fn a_held_command_stays_marked_and_a_new_session_answers_it_once_with_its_fence(
     assert!(d.take_completions().is_empty());
     let _keep = File::from(fd);
 }
+
+/// An inflight buffer as a VMM might make one: a memfd of `size` bytes,
+/// sealable or not.
+fn vmm_memfd(size: u64, sealable: bool) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    let flags = libc::MFD_CLOEXEC | if sealable { libc::MFD_ALLOW_SEALING } else { 0 };
+    // SAFETY: a static NUL-terminated name; the result is checked.
+    let raw = unsafe { libc::memfd_create(c"vmm-inflight".as_ptr(), flags) };
+    assert!(raw >= 0);
+    // SAFETY: just created, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    File::from(fd.try_clone().unwrap()).set_len(size).unwrap();
+    fd
+}
+
+fn log_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&logs.lock().unwrap()).to_string()
+}
+
+/// Rings started on a buffer the frontend made itself: a command runs and
+/// the buffer records its completion.
+fn rings_run_on(f: &Frontend, fd: &OwnedFd, info: &VhostUserInflight) {
+    let ram = guest_ram();
+    f.add_ram(&ram);
+    let (mut d, ends) = driver(&ram);
+    start_rings(f, &ram, &d, &ends, [0, 0]);
+    assert!(matches!(
+        d.call(Queue::Control, &Request::new(GpuCommand::GetDisplayInfo), T)
+            .unwrap()
+            .response
+            .unwrap()
+            .1,
+        Response::OkDisplayInfo(_)
+    ));
+    let region = InflightRegion::map(&InflightBuffer {
+        fd: fd.try_clone().unwrap(),
+        size: info.mmap_size,
+        num_queues: info.num_queues,
+        queue_size: info.queue_size,
+    })
+    .unwrap();
+    let q0 = region.queue(0).unwrap();
+    assert_eq!(q0.used_idx(), 1, "the completion is recorded in the buffer");
+    assert!(q0.marked().is_empty());
+}
+
+#[test]
+fn a_set_inflight_fd_past_the_end_of_its_file_is_refused_and_a_correct_one_is_taken() {
+    let logs = support::logs();
+    let r = start(options());
+    let f = &r.frontend;
+    f.negotiate();
+    // 8320 bytes (2 queues of 256) asked for in an empty file: mapping it
+    // would fault at the first store when a ring starts.
+    let info = VhostUserInflight::new(8320, 0, 2, RING_SIZE);
+    let empty = vmm_memfd(0, true);
+    assert_eq!(
+        f.acked(
+            FrontendReq::SET_INFLIGHT_FD,
+            info.as_slice(),
+            &[empty.as_fd()]
+        ),
+        1,
+        "a buffer larger than its file was accepted"
+    );
+    let text = log_text(&logs);
+    assert!(
+        text.contains("SET_INFLIGHT_FD refused") && text.contains("8320 bytes in a 0-byte file"),
+        "no refusal log line in:\n{text}"
+    );
+    // The session goes on and takes a buffer that fits.
+    let good = vmm_memfd(8320, true);
+    set_inflight(f, &info, &good);
+    rings_run_on(f, &good, &info);
+    assert_eq!(r.backend.device().stats().unwrap().resubmitted, 0);
+}
+
+#[test]
+fn an_inflight_fd_that_could_shrink_is_refused_and_a_taken_one_is_sealed() {
+    let logs = support::logs();
+    let r = start(options());
+    let f = &r.frontend;
+    f.negotiate();
+    let info = VhostUserInflight::new(8320, 0, 2, RING_SIZE);
+    // Long enough now, but nothing stops the VMM from truncating it under
+    // the mapping later.
+    let unsealable = vmm_memfd(8320, false);
+    assert_eq!(
+        f.acked(
+            FrontendReq::SET_INFLIGHT_FD,
+            info.as_slice(),
+            &[unsealable.as_fd()]
+        ),
+        1,
+        "a buffer that can shrink was accepted"
+    );
+    let text = log_text(&logs);
+    assert!(
+        text.contains("F_SEAL_SHRINK"),
+        "no refusal log line in:\n{text}"
+    );
+    // A sealable one is sealed by the backend before it is measured: the
+    // VMM cannot shrink it any more.
+    let sealable = vmm_memfd(8320, true);
+    set_inflight(f, &info, &sealable);
+    assert!(
+        File::from(sealable.try_clone().unwrap())
+            .set_len(0)
+            .is_err(),
+        "the buffer can still be truncated under the backend's mapping"
+    );
+    rings_run_on(f, &sealable, &info);
+}
+
+#[test]
+fn the_buffer_get_inflight_fd_hands_out_keeps_its_size() {
+    let r = start(options());
+    let f = &r.frontend;
+    f.negotiate();
+    let (info, fd, _region) = get_inflight(f);
+    let file = File::from(fd);
+    assert!(file.set_len(0).is_err(), "shrinkable");
+    assert!(file.set_len(info.mmap_size * 2).is_err(), "growable");
+    assert_eq!(file.metadata().unwrap().len(), info.mmap_size);
+}

@@ -398,6 +398,54 @@ fn fenced_command_that_fails_still_signals_its_fence_in_order() {
     assert_eq!(hdr.fence_id, 2);
 }
 
+#[test]
+fn map_blob_must_be_page_aligned_inside_the_region_and_over_no_mapped_blob() {
+    let (b, mut d) = DirectBackend::start(DirectOptions::default()).unwrap();
+    let region = DirectOptions::default().blob_region;
+    ctx_create(&mut d, 1);
+    for (id, size) in [(7, 8192), (8, 8192), (9, 100), (10, 8192)] {
+        create_host_blob(&mut d, 1, id, size);
+    }
+    let map = |id, offset| {
+        Request::new(GpuCommand::ResourceMapBlob(ResourceMapBlob {
+            resource_id: ResourceId(id),
+            offset,
+        }))
+        .with_ctx(1)
+    };
+    let mapped = |d: &mut GpuDriver, req| matches!(call(d, req), Response::OkMapInfo { .. });
+    let invalid = VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+
+    // Not on a page boundary: refused before the VMM hears of it.
+    expect_err(&mut d, map(7, 0x10100), invalid);
+    assert!(b.blob.mappings().is_empty());
+    assert!(mapped(&mut d, map(7, 0x10000)));
+    // Over blob 7's second page; reaching into its first; covering it.
+    expect_err(&mut d, map(8, 0x11000), invalid);
+    expect_err(&mut d, map(8, 0xf000), invalid);
+    expect_err(&mut d, map(10, 0x10000), invalid);
+    // Past the region's end, by bytes or by the last page.
+    expect_err(&mut d, map(8, region - 4096), invalid);
+    expect_err(&mut d, map(8, u64::MAX - 4095), invalid);
+    assert_eq!(b.blob.mappings().len(), 1, "a refused map reached the VMM");
+    // Right after blob 7; a short blob in the region's last page.
+    assert!(mapped(&mut d, map(8, 0x12000)));
+    assert!(mapped(&mut d, map(9, region - 4096)));
+    // Once blob 7 is unmapped its range is free again.
+    let unmap = Request::new(GpuCommand::ResourceUnmapBlob(ResourceRef {
+        resource_id: ResourceId(7),
+    }))
+    .with_ctx(1);
+    assert_eq!(call(&mut d, unmap), Response::OkNodata);
+    assert!(mapped(&mut d, map(10, 0x10000)));
+    let mut now: Vec<_> = b.blob.mappings().into_iter().collect();
+    now.sort();
+    assert_eq!(
+        now,
+        vec![(0x10000, 8192), (0x12000, 8192), (region - 4096, 100)]
+    );
+}
+
 fn expect_err(d: &mut GpuDriver, req: Request, code: u32) {
     let r = call(d, req.clone());
     assert_eq!(r, Response::Err(code), "for {req:?}");

@@ -16,7 +16,7 @@ use vm_memory::{
 };
 
 use crate::backing::{Backing, GuestMem};
-use crate::blob::{BlobLane, BlobMapper};
+use crate::blob::{BlobLane, BlobMapper, HostVisibleRanges, MappedRange};
 use crate::protocol::wire::{
     VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_MAP_CACHE_CACHED, VIRTIO_GPU_RESP_ERR_UNSPEC,
 };
@@ -38,8 +38,9 @@ pub(super) struct ShardResource {
     backing_charge: Option<Charge>,
     /// A host blob's memory mapped for reading, once a scanout showed it.
     host_view: Option<HostBlobView>,
-    /// Blob mapping at this region offset, once mapped.
-    mapped: Option<(u64, u64)>,
+    /// The range of the host-visible region this blob holds, from its
+    /// MAP_BLOB on.
+    mapped: Option<MappedRange>,
     lane: BlobLane,
     host_blob: bool,
 }
@@ -51,6 +52,8 @@ pub struct ShardEnv {
     pub mem: GuestMemoryAtomic<GuestMem>,
     pub display: Arc<dyn DisplaySink>,
     pub blob: Arc<dyn BlobMapper>,
+    /// What every shard's blobs hold of the host-visible region.
+    pub blob_ranges: Arc<HostVisibleRanges>,
     pub renderer: Arc<dyn RendererFactory>,
     /// The device's count of pixel bytes copied, shared by its shards.
     pub pixel_bytes_copied: Arc<AtomicU64>,
@@ -103,6 +106,7 @@ pub async fn run(env: ShardEnv, mut rx: reactor::Receiver<ShardMsg>) {
                 let Some(renderer) = make() else { return };
                 let mut st = state.borrow_mut();
                 st.resources.clear();
+                env.blob_ranges.release_shard(env.shard);
                 st.renderer = renderer;
                 st.copied_seen = 0;
             }
@@ -287,12 +291,13 @@ fn run_command(
                 .remove(&id)
                 .ok_or(ProtocolError::UnknownResource(id))?;
             st.renderer.destroy_resource(id);
-            if let Some((offset, len)) = res.mapped {
+            if let Some(range) = res.mapped {
                 // The guest freed a still-mapped blob: take it out of the
                 // region behind any operation still queued on it.
-                let blob = env.blob.clone();
+                let (blob, ranges) = (env.blob.clone(), env.blob_ranges.clone());
                 res.lane.run(async move {
-                    let _ = blob.unmap(offset, len).await;
+                    let _ = blob.unmap(range.offset, range.len).await;
+                    ranges.release(range);
                 });
             }
             ok
@@ -436,17 +441,12 @@ fn run_command(
             if region == 0 {
                 return Err(ProtocolError::NoHostVisibleRegion);
             }
-            if m.offset
-                .checked_add(mem.size)
-                .is_none_or(|end| end > region)
-            {
-                return Err(ProtocolError::MapOutsideHostVisibleRegion {
-                    offset: m.offset,
-                    size: mem.size,
-                });
-            }
-            // Claimed now, so a second MAP behind this one is refused.
-            res.mapped = Some((m.offset, mem.size));
+            // Page aligned, inside the region, over no other blob: claimed
+            // now, so a second MAP behind this one is refused.
+            let range = env
+                .blob_ranges
+                .claim(env.shard, m.offset, mem.size, region)?;
+            res.mapped = Some(range);
             let (env2, state2) = (env.clone(), state.clone());
             let (offset, reply) = (m.offset, job.reply.clone());
             res.lane.run(async move {
@@ -457,9 +457,13 @@ fn run_command(
                     },
                     Err(e) => {
                         crate::warn_limited!(resource = id, error = ?e, "MAP_BLOB failed in the VMM");
+                        // Unless an UNMAP (or a newer MAP) took it meanwhile.
                         if let Some(r) = state2.borrow_mut().resources.get_mut(&id) {
-                            r.mapped = None;
+                            if r.mapped == Some(range) {
+                                r.mapped = None;
+                            }
                         }
+                        env2.blob_ranges.release(range);
                         Response::Err(VIRTIO_GPU_RESP_ERR_UNSPEC)
                     }
                 };
@@ -470,12 +474,15 @@ fn run_command(
         GpuCommand::ResourceUnmapBlob(r) => {
             let id = r.resource_id.0;
             let res = resource(st, id)?;
-            let Some((offset, len)) = res.mapped.take() else {
+            let Some(range) = res.mapped.take() else {
                 return Err(ProtocolError::BlobNotMapped(id));
             };
             let (env2, state2, reply) = (env.clone(), state.clone(), job.reply.clone());
             res.lane.run(async move {
-                let resp = match env2.blob.unmap(offset, len).await {
+                let unmapped = env2.blob.unmap(range.offset, range.len).await;
+                // Free for another blob only once the VMM is done with it.
+                env2.blob_ranges.release(range);
+                let resp = match unmapped {
                     Ok(()) => Response::OkNodata,
                     Err(e) => {
                         crate::warn_limited!(resource = id, error = ?e, "UNMAP_BLOB failed in the VMM");

@@ -196,6 +196,7 @@ impl Device {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let pixel_bytes_copied = Arc::new(AtomicU64::new(0));
         let budget = budget::GuestBudget::new(config.memory_limit);
+        let blob_ranges = Arc::new(crate::blob::HostVisibleRanges::default());
         let mut shards = Vec::with_capacity(n);
         for (i, handle) in reactor.shards().iter().enumerate() {
             let (tx, rx) = reactor::channel();
@@ -207,6 +208,7 @@ impl Device {
                     mem: mem.clone(),
                     display: display.clone(),
                     blob: blob.clone(),
+                    blob_ranges: blob_ranges.clone(),
                     renderer: renderer.clone(),
                     pixel_bytes_copied: pixel_bytes_copied.clone(),
                     budget: budget.clone(),

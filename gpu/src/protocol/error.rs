@@ -304,6 +304,23 @@ pub enum ProtocolError {
         /// Blob size.
         size: u64,
     },
+    /// `MAP_BLOB` at an offset that is not a multiple of the page size.
+    MapOffsetUnaligned {
+        /// Offset requested.
+        offset: u64,
+    },
+    /// `MAP_BLOB` over a range another blob holds in the host visible
+    /// region (mapped, or being mapped).
+    MapOverlapsMappedBlob {
+        /// Offset requested.
+        offset: u64,
+        /// Blob size.
+        size: u64,
+        /// Where the blob already there starts.
+        mapped_offset: u64,
+        /// Its size.
+        mapped_size: u64,
+    },
     /// The device has no capset with this id and version.
     UnsupportedCapset {
         /// Capset id.
@@ -433,6 +450,8 @@ impl ProtocolError {
             | BlobAlreadyMapped(_)
             | BlobNotMapped(_)
             | MapOutsideHostVisibleRegion { .. }
+            | MapOffsetUnaligned { .. }
+            | MapOverlapsMappedBlob { .. }
             | UnsupportedCapset { .. }
             | CursorNot64x64 { .. } => VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
         }
@@ -560,6 +579,18 @@ impl fmt::Display for ProtocolError {
             MapOutsideHostVisibleRegion { offset, size } => {
                 write!(f, "mapping {offset:#x}+{size} outside the host visible region")
             }
+            MapOffsetUnaligned { offset } => {
+                write!(f, "mapping offset {offset:#x} is not page aligned")
+            }
+            MapOverlapsMappedBlob {
+                offset,
+                size,
+                mapped_offset,
+                mapped_size,
+            } => write!(
+                f,
+                "mapping {offset:#x}+{size} overlaps the blob mapped at {mapped_offset:#x}+{mapped_size}"
+            ),
             UnsupportedCapset { id, version } => write!(f, "unsupported capset {id} version {version}"),
             CursorNot64x64 { width, height } => write!(f, "cursor resource is {width}x{height}, not 64x64"),
             OutOfMemory { requested } => write!(f, "out of memory allocating {requested} bytes"),
@@ -628,6 +659,19 @@ mod tests {
             (NoHostVisibleRegion, VIRTIO_GPU_RESP_ERR_UNSPEC),
             (
                 MapOutsideHostVisibleRegion { offset: 0, size: 1 },
+                VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+            ),
+            (
+                MapOffsetUnaligned { offset: 1 },
+                VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+            ),
+            (
+                MapOverlapsMappedBlob {
+                    offset: 0,
+                    size: 1,
+                    mapped_offset: 0,
+                    mapped_size: 1,
+                },
                 VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
             ),
             (

@@ -2,13 +2,23 @@
 //! costs memory bounded by a few frames and never blocks the guest.
 //!
 //! - Requests (protocol features, display info, EDID) go first, in order.
+//!   Their senders bound them: one display fetch at a time, each request
+//!   awaiting its reply before the next (a few messages at most).
 //! - Cursor messages go next: an unsent move is replaced by a newer one; a
-//!   new image or hide replaces everything unsent for that scanout.
+//!   new image or hide replaces everything unsent for that scanout; one
+//!   for a scanout the device does not have is dropped. At most two per
+//!   scanout wait.
 //! - Each scanout has its own queue, served round robin: an `UPDATE` whose
 //!   rectangle covers an unsent one replaces it (latest pixels win); a new
-//!   `SCANOUT` drops the unsent updates of the mode it replaces. If a
-//!   scanout still piles up more than [`MAX_PENDING_BYTES`] of pixels, its
-//!   oldest updates are dropped and counted.
+//!   `SCANOUT` replaces everything unsent of that scanout (an older
+//!   `SCANOUT` the VMM never saw, and the updates of the modes it
+//!   replaces), so a queue is at most one `SCANOUT`, first, then updates
+//!   of that mode. If a scanout still piles up more than
+//!   [`MAX_PENDING_BYTES`] of pixels or [`MAX_PENDING_UPDATES`] updates,
+//!   its oldest updates are dropped and counted.
+//!
+//! Every kind is bounded, so a VMM that stops reading costs at most a few
+//! frames per scanout, whatever the guest sends.
 //! - Pixel buffers come back once sent, replaced or dropped, and are handed
 //!   out again for the next flush ([`Outbox::buffer`]): at 60 fps of full
 //!   frames a fresh allocation per flush costs page faults on every frame.
@@ -20,6 +30,9 @@ use crate::protocol::Rect;
 
 /// Unsent pixel bytes one scanout may hold (four 4K frames).
 pub const MAX_PENDING_BYTES: usize = 4 * 3840 * 2160 * 4;
+/// Unsent updates one scanout may hold (rectangles none of which covers
+/// another, after a `SCANOUT`).
+pub const MAX_PENDING_UPDATES: usize = 16;
 /// Unsent updates of one scanout from which the next flush to it sends the
 /// whole scanout (see `DisplaySink::backlogged`).
 pub const BACKLOG_UPDATES: usize = 3;
@@ -52,7 +65,10 @@ pub enum Outgoing {
 pub struct Merged {
     /// Unsent messages a newer one made pointless.
     pub replaced: u64,
-    /// Unsent updates dropped to stay under the byte limit.
+    /// Of those, `UPDATE`s (frames superseded before the VMM read them).
+    pub updates_replaced: u64,
+    /// Unsent messages dropped: updates beyond a scanout's limits, cursor
+    /// events for a scanout the device does not have.
     pub dropped: u64,
 }
 
@@ -110,33 +126,38 @@ impl Outbox {
         self.control.push_back(Outgoing::Request { code, payload });
     }
 
-    /// A new mode (`width` 0: disabled). Updates of the old mode still
-    /// queued would land on a surface about to be replaced: dropped.
+    /// A new mode (`width` 0: disabled). It replaces everything unsent of
+    /// this scanout: a `SCANOUT` the VMM has not read yet would only make
+    /// it build a surface this one replaces, and updates of an older mode
+    /// would land on a surface about to be replaced. The queue is then
+    /// this `SCANOUT` alone, so the updates pushed after it follow it.
     pub fn push_scanout(&mut self, scanout: u32, width: u32, height: u32) -> Merged {
         let Some(q) = self.scanouts.get_mut(scanout as usize) else {
             return Merged::default();
         };
-        let before = q.len();
-        let mut spare = Vec::new();
-        q.retain_mut(|m| match m {
-            Outgoing::Update { pixels, .. } => {
-                spare.push(std::mem::take(pixels));
-                false
+        let mut merged = Merged::default();
+        for m in q.drain(..) {
+            merged.replaced += 1;
+            if let Outgoing::Update { pixels, .. } = m {
+                merged.updates_replaced += 1;
+                self.spare.push(pixels);
             }
-            _ => true,
-        });
-        let replaced = (before - q.len()) as u64;
-        self.spare.extend(spare);
+        }
         self.pending_bytes[scanout as usize] = 0;
         q.push_back(Outgoing::Scanout {
             scanout,
             width,
             height,
         });
-        Merged {
-            replaced,
-            dropped: 0,
-        }
+        self.trim_spare();
+        merged
+    }
+
+    /// Unsent messages of every kind (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.control.len()
+            + self.cursor.len()
+            + self.scanouts.iter().map(VecDeque::len).sum::<usize>()
     }
 
     /// New pixels for `rect`: unsent updates it covers (since the last
@@ -162,6 +183,7 @@ impl Outbox {
                     self.spare.push(pixels);
                 }
                 merged.replaced += 1;
+                merged.updates_replaced += 1;
             } else {
                 k += 1;
             }
@@ -172,7 +194,14 @@ impl Outbox {
             rect,
             pixels,
         });
-        while self.pending_bytes[i] > MAX_PENDING_BYTES {
+        let too_many = |q: &VecDeque<Outgoing>, bytes: usize| {
+            bytes > MAX_PENDING_BYTES
+                || q.iter()
+                    .filter(|m| matches!(m, Outgoing::Update { .. }))
+                    .nth(MAX_PENDING_UPDATES)
+                    .is_some()
+        };
+        while too_many(q, self.pending_bytes[i]) {
             let Some(oldest) = q.iter().position(|m| matches!(m, Outgoing::Update { .. })) else {
                 break;
             };
@@ -230,6 +259,13 @@ impl Outbox {
 
     pub fn push_cursor(&mut self, event: CursorEvent) -> Merged {
         let s = cursor_scanout(&event);
+        if s as usize >= self.scanouts.len() {
+            // Nothing to show it on; one queued per id would be unbounded.
+            return Merged {
+                dropped: 1,
+                ..Merged::default()
+            };
+        }
         let before = self.cursor.len();
         match &event {
             CursorEvent::Move { .. } => self
@@ -241,7 +277,7 @@ impl Outbox {
         self.cursor.push_back(event);
         Merged {
             replaced,
-            dropped: 0,
+            ..Merged::default()
         }
     }
 
@@ -306,14 +342,106 @@ mod tests {
     }
 
     #[test]
-    fn a_new_mode_drops_updates_of_the_old_one() {
+    fn a_new_mode_replaces_the_unsent_mode_and_its_updates() {
+        let mut o = Outbox::new(1);
+        o.push_scanout(0, 64, 64);
+        update(&mut o, 0, Rect::new(0, 0, 8, 8), 1);
+        let m = o.push_scanout(0, 32, 32);
+        assert_eq!((m.replaced, m.updates_replaced), (2, 1));
+        let sent = drain(&mut o);
+        assert_eq!(
+            sent,
+            vec![Outgoing::Scanout {
+                scanout: 0,
+                width: 32,
+                height: 32
+            }]
+        );
+    }
+
+    #[test]
+    fn alternating_modes_keep_one_scanout_queued_and_the_last_one_wins() {
+        let mut o = Outbox::new(2);
+        o.push_scanout(1, 640, 480);
+        for i in 0..100_000u32 {
+            let (w, h) = if i % 2 == 0 { (64, 64) } else { (32, 16) };
+            o.push_scanout(0, w, h);
+            assert!(o.len() <= 2, "{} messages queued after {i}", o.len());
+        }
+        let sent = drain(&mut o);
+        let last_of_0: Vec<_> = sent
+            .iter()
+            .filter(|m| matches!(m, Outgoing::Scanout { scanout: 0, .. }))
+            .collect();
+        assert_eq!(
+            last_of_0,
+            vec![&Outgoing::Scanout {
+                scanout: 0,
+                width: 32,
+                height: 16
+            }]
+        );
+        assert_eq!(sent.len(), 2, "scanout 1's own mode is kept");
+    }
+
+    #[test]
+    fn a_scanout_goes_before_the_updates_that_follow_it() {
         let mut o = Outbox::new(1);
         o.push_scanout(0, 64, 64);
         update(&mut o, 0, Rect::new(0, 0, 8, 8), 1);
         o.push_scanout(0, 32, 32);
+        update(&mut o, 0, Rect::new(0, 0, 4, 4), 2);
+        update(&mut o, 0, Rect::new(8, 8, 4, 4), 3);
         let sent = drain(&mut o);
-        assert_eq!(sent.len(), 2);
-        assert!(sent.iter().all(|m| matches!(m, Outgoing::Scanout { .. })));
+        assert_eq!(sent.len(), 3);
+        assert!(matches!(
+            sent[0],
+            Outgoing::Scanout {
+                width: 32,
+                height: 32,
+                ..
+            }
+        ));
+        let fills: Vec<u8> = sent[1..]
+            .iter()
+            .map(|m| match m {
+                Outgoing::Update { pixels, .. } => pixels[0],
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(fills, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_scanout_holds_a_bounded_number_of_small_updates() {
+        let mut o = Outbox::new(1);
+        o.push_scanout(0, 4096, 1);
+        let mut dropped = 0;
+        for x in 0..4096u32 {
+            // 1x1 updates: none covers another, far below the byte limit.
+            dropped += update(&mut o, 0, Rect::new(x, 0, 1, 1), (x % 251) as u8).dropped;
+            assert!(o.len() <= 1 + MAX_PENDING_UPDATES, "{} queued", o.len());
+        }
+        assert_eq!(dropped as usize, 4096 - MAX_PENDING_UPDATES);
+        let sent = drain(&mut o);
+        assert!(matches!(sent.last(), Some(Outgoing::Update { rect, .. }) if rect.x == 4095));
+    }
+
+    #[test]
+    fn cursor_events_are_bounded_per_scanout_and_dropped_for_unknown_ones() {
+        let mut o = Outbox::new(2);
+        let mut dropped = 0;
+        for s in 0..100_000u32 {
+            dropped += o
+                .push_cursor(CursorEvent::Move {
+                    scanout: s,
+                    x: 1,
+                    y: 1,
+                })
+                .dropped;
+        }
+        assert_eq!(dropped, 100_000 - 2);
+        assert_eq!(o.len(), 2, "one move per scanout the device has");
     }
 
     #[test]

@@ -308,6 +308,15 @@ impl GpuSocketDisplay {
     pub fn stats(&self) -> DisplayStats {
         link::lock(&self.state).stats
     }
+
+    /// Messages waiting for the VMM on the current socket (bounded per
+    /// scanout whatever the guest sends, `display_queue.rs`).
+    pub fn queued_messages(&self) -> usize {
+        link::lock(&self.state)
+            .link
+            .as_ref()
+            .map_or(0, |l| l.outbox.len())
+    }
 }
 
 impl DisplaySink for GpuSocketDisplay {
@@ -369,7 +378,7 @@ impl DisplaySink for GpuSocketDisplay {
             None => return,
         };
         // Unsent frames of the old mode: superseded, like merged ones.
-        st.stats.updates_replaced += merged.replaced;
+        st.stats.updates_replaced += merged.updates_replaced;
         st.count(merged);
     }
 
@@ -409,7 +418,7 @@ impl DisplaySink for GpuSocketDisplay {
                 return;
             }
         };
-        st.stats.updates_replaced += merged.replaced;
+        st.stats.updates_replaced += merged.updates_replaced;
         st.count(merged);
     }
 

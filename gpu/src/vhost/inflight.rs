@@ -26,10 +26,24 @@
 //! The stores are atomics (release order where a later store must not be
 //! seen first): the process may be killed between any two of them, and the
 //! memory outlives it.
+//!
+//! The VMM holds the same file, and a shared mapping past the end of a file
+//! faults (SIGBUS) on first touch: one bad `SET_INFLIGHT_FD` would take
+//! every desktop of the daemon down. The VMM is trusted more than a guest,
+//! but not to that point, so a buffer is taken only when it is long enough
+//! (`fstat`) *and* can never get shorter: sealed with `F_SEAL_SHRINK`
+//! (added here when the file allows sealing, as memfds made with
+//! `MFD_ALLOW_SEALING` do). Sealed first, then measured, so the size
+//! checked is the size kept. Buffers allocated here are sealed against
+//! shrinking and growing, and against further seals (a write seal would
+//! make a later backend's shared mapping fail). A buffer that cannot be
+//! sealed (not a memfd, or one made without `MFD_ALLOW_SEALING`) is
+//! refused: that session runs without inflight tracking, and what a dead
+//! backend left in flight in it is not resubmitted.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -68,17 +82,77 @@ pub struct InflightBuffer {
 /// Why an inflight request was refused.
 #[derive(Debug)]
 pub enum InflightError {
+    /// The request itself breaks the protocol (queue counts, layout).
     Malformed(String),
+    /// The file is shorter than the mapping asked for: touching the end
+    /// would fault.
+    BeyondFile {
+        mapped: u64,
+        file_size: u64,
+    },
+    /// The file may still shrink under the mapping (no `F_SEAL_SHRINK`,
+    /// and it cannot be added).
+    NotSealed(String),
     Io(io::Error),
+}
+
+impl InflightError {
+    /// A well-formed request with a buffer this backend will not map (the
+    /// frontend is told, the session goes on), rather than a protocol
+    /// violation.
+    pub fn is_unusable_buffer(&self) -> bool {
+        !matches!(self, InflightError::Malformed(_))
+    }
 }
 
 impl std::fmt::Display for InflightError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InflightError::Malformed(why) => write!(f, "inflight request: {why}"),
+            InflightError::BeyondFile { mapped, file_size } => write!(
+                f,
+                "inflight buffer of {mapped} bytes in a {file_size}-byte file (a mapping past the end faults)"
+            ),
+            InflightError::NotSealed(why) => write!(
+                f,
+                "inflight buffer not sealed against shrinking (F_SEAL_SHRINK): {why}"
+            ),
             InflightError::Io(e) => write!(f, "inflight buffer: {e}"),
         }
     }
+}
+
+/// Makes sure the file behind `fd` holds `len` bytes and always will:
+/// `F_SEAL_SHRINK` added (or already there), then the size measured.
+fn ensure_sealed_size(fd: BorrowedFd<'_>, len: u64) -> Result<(), InflightError> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on an fd we hold, with an integer argument; failure
+    // (not a memfd, or F_SEAL_SEAL already set) is judged from the seals
+    // read next.
+    unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+    // SAFETY: as above, no argument.
+    let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
+    if seals < 0 {
+        let e = io::Error::last_os_error();
+        return Err(InflightError::NotSealed(format!(
+            "not a sealable file ({e})"
+        )));
+    }
+    if seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(InflightError::NotSealed(
+            "the file does not allow adding seals (memfd made without MFD_ALLOW_SEALING?)".into(),
+        ));
+    }
+    let meta = File::from(fd.try_clone_to_owned().map_err(InflightError::Io)?)
+        .metadata()
+        .map_err(InflightError::Io)?;
+    if !meta.is_file() || meta.len() < len {
+        return Err(InflightError::BeyondFile {
+            mapped: len,
+            file_size: meta.len(),
+        });
+    }
+    Ok(())
 }
 
 fn check(req: &VhostUserInflight) -> Result<(), InflightError> {
@@ -98,7 +172,12 @@ pub fn allocate(req: &VhostUserInflight) -> Result<InflightBuffer, InflightError
     let per_queue = split_queue_region_size(req.queue_size);
     let size = per_queue * u64::from(req.num_queues);
     // SAFETY: a static NUL-terminated name; the result is checked.
-    let raw = unsafe { libc::memfd_create(c"gpu-reactor-inflight".as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe {
+        libc::memfd_create(
+            c"gpu-reactor-inflight".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     if raw < 0 {
         return Err(InflightError::Io(io::Error::last_os_error()));
     }
@@ -114,6 +193,12 @@ pub fn allocate(req: &VhostUserInflight) -> Result<InflightBuffer, InflightError
             .and_then(|_| file.write_all(&header))
             .map_err(InflightError::Io)?;
     }
+    // Fixed size for its whole life, whoever holds it (see the module doc).
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on the fd `file` owns, integer argument; checked.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(InflightError::Io(io::Error::last_os_error()));
+    }
     Ok(InflightBuffer {
         fd: file.into(),
         size,
@@ -123,7 +208,8 @@ pub fn allocate(req: &VhostUserInflight) -> Result<InflightBuffer, InflightError
 }
 
 /// `SET_INFLIGHT_FD`: takes the frontend's buffer (checked against the size
-/// its queues need).
+/// its queues need, and against its file: long enough and sealed against
+/// shrinking, see the module doc).
 pub fn adopt(req: &VhostUserInflight, fd: OwnedFd) -> Result<InflightBuffer, InflightError> {
     check(req)?;
     let (size, offset) = (req.mmap_size, req.mmap_offset);
@@ -133,6 +219,7 @@ pub fn adopt(req: &VhostUserInflight, fd: OwnedFd) -> Result<InflightBuffer, Inf
             "buffer of {size} bytes at offset {offset} (need {need} at 0)"
         )));
     }
+    ensure_sealed_size(fd.as_fd(), size)?;
     Ok(InflightBuffer {
         fd,
         size,
@@ -184,9 +271,12 @@ impl InflightRegion {
                 buf.num_queues, buf.queue_size
             )));
         }
-        // SAFETY: a fresh shared mapping of the whole buffer (its size was
-        // checked above against what the queues need); the result is
-        // checked before use.
+        ensure_sealed_size(buf.fd.as_fd(), len as u64)?;
+        // SAFETY: a fresh shared mapping of the whole buffer: its size was
+        // checked above against what the queues need, and its file holds
+        // `len` bytes and is sealed against shrinking, so no page of the
+        // mapping lies past the end of the file, now or later (no SIGBUS);
+        // the result is checked before use.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),

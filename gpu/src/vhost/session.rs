@@ -135,8 +135,8 @@ struct Inflight {
 }
 
 impl Inflight {
-    fn new(buffer: InflightBuffer) -> Result<Inflight, Fault> {
-        let region = InflightRegion::map(&buffer).map_err(|e| fatal(e.to_string()))?;
+    fn new(buffer: InflightBuffer) -> Result<Inflight, inflight::InflightError> {
+        let region = InflightRegion::map(&buffer)?;
         Ok(Inflight {
             _buffer: buffer,
             region,
@@ -459,7 +459,8 @@ impl<'a> Session<'a> {
                 let buf = inflight::allocate(&req).map_err(|e| fatal(e.to_string()))?;
                 let reply = VhostUserInflight::new(buf.size, 0, buf.num_queues, buf.queue_size);
                 let fd = buf.fd.try_clone().map_err(|e| fatal(format!("dup: {e}")))?;
-                self.inflight = Some(Inflight::new(buf)?);
+                // A request that expects a reply is never merely refused.
+                self.inflight = Some(Inflight::new(buf).map_err(|e| fatal(e.to_string()))?);
                 Ok(Some(Reply {
                     payload: reply.as_slice().to_vec(),
                     fds: vec![fd],
@@ -470,8 +471,11 @@ impl<'a> Session<'a> {
                 let req = frame::parse::<VhostUserInflight>(&payload)
                     .ok_or_else(|| wrong_size::<VhostUserInflight>(&payload))?;
                 let fd = one_fd(fds)?;
-                let buf = inflight::adopt(&req, fd).map_err(|e| fatal(e.to_string()))?;
-                self.inflight = Some(Inflight::new(buf)?);
+                // A buffer that is short or may shrink is refused (and the
+                // one the session had, if any, kept): mapping it could
+                // fault the whole daemon.
+                let buf = inflight::adopt(&req, fd).map_err(inflight_fault)?;
+                self.inflight = Some(Inflight::new(buf).map_err(inflight_fault)?);
                 Ok(None)
             }
             FrontendReq::GET_SHMEM_CONFIG => {
@@ -775,6 +779,16 @@ fn device_fault(e: DeviceError) -> Fault {
     match e {
         DeviceError::Queue(why) => Fault::Refused(why),
         DeviceError::Stopped => fatal("the device has stopped"),
+    }
+}
+
+/// A malformed inflight request ends the session; a buffer this backend
+/// will not map is refused (the session goes on without it).
+fn inflight_fault(e: inflight::InflightError) -> Fault {
+    if e.is_unusable_buffer() {
+        Fault::Refused(e.to_string())
+    } else {
+        fatal(e.to_string())
     }
 }
 

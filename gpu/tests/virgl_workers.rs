@@ -605,3 +605,136 @@ fn virgl_check_under_filter_fails_naming_sigsys_when_a_worker_no_longer_starts()
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 17, finding 9: a resource the guest never wrote reads back as
+/// zeros, never as what the host's heap held before (here: textures of the
+/// same size cleared to a pattern and destroyed just before, whose memory
+/// llvmpipe would hand out again if it did not clear new textures).
+#[test]
+fn virgl_resource_never_written_reads_back_zeros_not_old_host_memory() {
+    let (_b, mut d, _stats) = start(1, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    let mut fence = 0;
+    for id in 100..108 {
+        create_target(&mut d, id);
+        assert_eq!(attach(&mut d, 1, id), Response::OkNodata);
+        fence += 1;
+        assert_eq!(
+            clear(&mut d, 1, id, [0.2, 0.4, 0.6, 0.8], fence),
+            Response::OkNodata
+        );
+        let r = call(
+            &mut d,
+            Request::new(GpuCommand::ResourceUnref(ResourceRef {
+                resource_id: ResourceId(id),
+            })),
+        );
+        assert_eq!(r, Response::OkNodata);
+    }
+    let len = SIZE * SIZE * 4;
+    for id in 200..208 {
+        create_target(&mut d, id);
+        assert_eq!(attach(&mut d, 1, id), Response::OkNodata);
+        let backing = d.ram().alloc(u64::from(len), 4096).unwrap();
+        // What the guest's pages held before: not what the read-back leaves.
+        vm_memory::Bytes::write_slice(d.ram().memory(), &vec![0xa5; len as usize], backing)
+            .unwrap();
+        let r = call(
+            &mut d,
+            Request::new(GpuCommand::ResourceAttachBacking(ResourceAttachBacking {
+                resource_id: ResourceId(id),
+                entries: vec![MemEntry {
+                    addr: backing.0,
+                    length: len,
+                }],
+            })),
+        );
+        assert_eq!(r, Response::OkNodata);
+        fence += 1;
+        let r = call(
+            &mut d,
+            Request::new(GpuCommand::TransferFromHost3d(Transfer3d {
+                box3d: Box3d {
+                    x: 0,
+                    y: 0,
+                    z: 0,
+                    w: SIZE,
+                    h: SIZE,
+                    d: 1,
+                },
+                offset: 0,
+                resource_id: ResourceId(id),
+                level: 0,
+                stride: SIZE * 4,
+                layer_stride: 0,
+            }))
+            .with_ctx(1)
+            .with_fence(fence),
+        );
+        assert_eq!(r, Response::OkNodata);
+        let mut guest = vec![0u8; len as usize];
+        vm_memory::Bytes::read_slice(d.ram().memory(), &mut guest, backing).unwrap();
+        let nonzero = guest.iter().filter(|&&b| b != 0).count();
+        assert_eq!(
+            nonzero,
+            0,
+            "resource {id} never written reads back {nonzero} non-zero bytes, first {:?}",
+            &guest[..8]
+        );
+    }
+}
+
+/// Replicas are host memory the guest's budget does not see (its charge is
+/// for the resource once): past 256 MiB of them, a resource on another
+/// worker is refused as before replicas existed, and a destroyed one's
+/// room can be used again.
+#[test]
+fn virgl_replicas_past_their_bound_are_refused_until_one_goes() {
+    let (_b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
+    create_target(&mut d, 6);
+    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
+        Response::OkNodata
+    );
+    // 36 MB each: 7 fit in 256 MiB, the 8th does not.
+    const SIDE: u32 = 3000;
+    for id in 10..18 {
+        let r = call(
+            &mut d,
+            Request::new(GpuCommand::ResourceCreate3d(ResourceCreate3d {
+                resource_id: ResourceId(id),
+                target: TARGET_2D,
+                format: VIRGL_FORMAT_R8G8B8A8_UNORM,
+                bind: BIND,
+                width: SIDE,
+                height: SIDE,
+                depth: 1,
+                array_size: 1,
+                last_level: 0,
+                nr_samples: 0,
+                flags: 0,
+            })),
+        );
+        assert_eq!(r, Response::OkNodata);
+        assert_eq!(attach(&mut d, 1, id), Response::OkNodata);
+    }
+    for id in 10..17 {
+        assert_eq!(attach(&mut d, 2, id), Response::OkNodata, "replica {id}");
+    }
+    assert_eq!(
+        attach(&mut d, 2, 17),
+        Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
+    );
+    assert_eq!(stats.cross_worker_refusals(), 1);
+    let r = call(
+        &mut d,
+        Request::new(GpuCommand::ResourceUnref(ResourceRef {
+            resource_id: ResourceId(10),
+        })),
+    );
+    assert_eq!(r, Response::OkNodata);
+    assert_eq!(attach(&mut d, 2, 17), Response::OkNodata);
+}

@@ -56,8 +56,14 @@
 //!   holds never wait on each other in a circle). Only single-level 2D
 //!   images of 4 bytes a pixel up to 40 MB are replicated (window
 //!   buffers); others
-//!   are still refused on another worker. A replica is read-only in
-//!   effect: what its worker draws into it stays there.
+//!   are still refused on another worker, as is everything past 4096
+//!   replicas or 256 MiB of them (host memory beside the guest's budget).
+//!   One copy per replica is on its way at a time; a worker's watchdog
+//!   does not count the time its queue is held for another's pixels. A
+//!   replica is read-only in effect: what its worker draws into it stays
+//!   there, and the home is whoever used it first (a buffer a compositor
+//!   allocates and a client draws would copy the wrong way). A hold stops
+//!   the whole queue of the replica's worker, not only its context's.
 //! - **Under a seccomp filter** workers inherit the daemon's filter (and,
 //!   once up, add their own: `worker.rs`, given the daemon's `--seccomp`
 //!   in [`WorkerExe::args`]):
@@ -66,7 +72,7 @@
 //!   instead of every context failing later.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::{self, Read};
@@ -786,6 +792,17 @@ struct Link {
     failures: u32,
     slot: usize,
     tasks: Vec<reactor::AbortHandle>,
+    /// Frames held back for replica pixels from another worker.
+    holds: Rc<Holds>,
+}
+
+/// What the watchdog must know of held frames: while any wait, everything
+/// queued behind them is not the worker's to answer yet, and once they are
+/// written, what was queued behind them is timed from then.
+#[derive(Default)]
+struct Holds {
+    pending: Cell<usize>,
+    resumed: Cell<Option<Instant>>,
 }
 
 impl Link {
@@ -823,6 +840,7 @@ impl Link {
             failures,
             slot,
             tasks: Vec::new(),
+            holds: Rc::default(),
         }));
         let (w, wh) = reactor::abortable(write_frames(sock.clone(), rx));
         reactor::spawn_local_named("render-worker-write", w);
@@ -864,7 +882,14 @@ impl Link {
     /// written once the pixels are in, and nothing queued after them goes
     /// before. No pixels (the home worker failed): the worker gets empty
     /// writes, which it refuses, and the replica keeps what it had.
-    fn send_later(&mut self, id: u32, width: u32, bands: Vec<Rect>, pixels: ReplyWait) {
+    fn send_later(
+        &mut self,
+        id: u32,
+        width: u32,
+        bands: Vec<Rect>,
+        pixels: ReplyWait,
+        sync: Rc<ReplicaSync>,
+    ) {
         let now = Instant::now();
         let seqs: Vec<u64> = bands
             .iter()
@@ -883,8 +908,19 @@ impl Link {
             })
             .collect();
         let row = width as usize * 4;
+        let holds = self.holds.clone();
+        holds.pending.set(holds.pending.get() + 1);
         let frames = async move {
-            let px = pixels.await.unwrap_or_default();
+            let px = pixels.await;
+            holds.pending.set(holds.pending.get() - 1);
+            holds.resumed.set(Some(Instant::now()));
+            sync.pending.set(false);
+            // No pixels: the replica keeps what it had and is copied again
+            // at the next submit that uses it.
+            let px = px.unwrap_or_else(|_| {
+                sync.synced.set(None);
+                Vec::new()
+            });
             bands
                 .iter()
                 .zip(seqs)
@@ -1072,12 +1108,15 @@ async fn watchdog(link: Weak<RefCell<Link>>, deadline: Duration, slot: usize) {
         // Requests queued while the worker was still starting are timed
         // from when it was ready: start-up has its own, longer deadline.
         let (late, stuck) = match l.ready {
+            // Waiting on another worker's pixels is not this one's delay.
+            Some(_) if l.holds.pending.get() > 0 => (false, false),
             Some(ready) => {
+                let from = l.holds.resumed.get().map_or(ready, |r| r.max(ready));
                 let late = l
                     .owed
                     .values()
                     .find(|o| !matches!(o.kind, OwedKind::Fence(_)))
-                    .is_some_and(|o| now - o.sent.max(ready) > deadline);
+                    .is_some_and(|o| now - o.sent.max(from) > deadline);
                 (late, false)
             }
             None => (false, now - l.started > STARTUP_DEADLINE),
@@ -1207,7 +1246,7 @@ fn retry_later(
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Placed {
     slot: usize,
     generation: u64,
@@ -1225,8 +1264,19 @@ struct PoolResource {
     /// Counts what may have changed it at home (submits of contexts that
     /// have it attached there, transfers to it).
     version: u64,
-    /// Workers holding a replica, and the version each was copied at.
-    replicas: Vec<(Placed, Option<u64>)>,
+    /// Workers holding a replica, and how far each is copied.
+    replicas: Vec<(Placed, Rc<ReplicaSync>)>,
+}
+
+/// How far one replica is brought up to date.
+#[derive(Default)]
+struct ReplicaSync {
+    /// The home's version the last copy sent was taken at (`None`: never
+    /// copied, or the last copy failed).
+    synced: Cell<Option<u64>>,
+    /// A copy is on its way (at most one per replica: the next submit after
+    /// it lands copies again if the home wrote meanwhile).
+    pending: Cell<bool>,
 }
 
 impl PoolResource {
@@ -1257,6 +1307,11 @@ impl PoolResource {
 /// The largest image replicated (a 3840x2160 window is 33 MB): its copy
 /// must fit the home worker's read-back area beside a scanout's.
 const REPLICA_MAX_BYTES: u64 = 40 << 20;
+/// All replicas of one pool together, and their number: past either, a
+/// resource on another worker is refused as before replicas existed.
+/// They are host memory beside the guest's budget, so they are bounded.
+const REPLICA_TOTAL_BYTES: u64 = 256 << 20;
+const REPLICA_COUNT: usize = 4096;
 /// Rows of a replica's copy per `WriteRect` frame: at most this many bytes.
 const REPLICA_BAND_BYTES: u64 = 4 << 20;
 
@@ -1274,7 +1329,12 @@ struct Pool {
     fresh: HashMap<u32, (u8, Vec<u8>)>,
     resources: HashMap<u32, PoolResource>,
     /// The resources each context has attached.
-    attached: HashMap<u32, Vec<u32>>,
+    attached: HashMap<u32, HashSet<u32>>,
+    /// Resources with at least one replica (what submits look at), and the
+    /// replicas' bytes and number.
+    shared: HashSet<u32>,
+    replica_bytes: u64,
+    replica_count: usize,
     /// The newest guest memory the device handed the pool (with a backing
     /// or a transfer): what a resource placed later shares with its worker.
     mem: Option<GuestMem>,
@@ -1414,6 +1474,8 @@ impl Pool {
 
     /// Makes sure worker `at` has a replica of `id` (which lives on
     /// another worker), creating one if not: the wait for its creation.
+    /// `None` with `Ok`: it has one already. Refused past the replicas'
+    /// bounds.
     fn replicate(&mut self, id: u32, at: Placed) -> Result<Option<ReplyWait>, ProtocolError> {
         let live: Vec<bool> = {
             let r = self
@@ -1430,13 +1492,27 @@ impl Pool {
             .resources
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownResource(id))?;
+        let bytes = u64::from(r.width) * u64::from(r.height) * 4;
         // Replicas on workers lost since are gone with them.
+        let before = r.replicas.len();
         let mut keep = live.into_iter();
         r.replicas.retain(|_| keep.next().unwrap_or(false));
-        if r.replicas.iter().any(|(p, _)| p.slot == at.slot) {
+        let gone = before - r.replicas.len();
+        self.replica_count -= gone;
+        self.replica_bytes -= bytes * gone as u64;
+        if r.replicas.iter().any(|(p, _)| *p == at) {
             return Ok(None);
         }
-        r.replicas.push((at, None));
+        if self.replica_count >= REPLICA_COUNT || self.replica_bytes + bytes > REPLICA_TOTAL_BYTES {
+            return Err(ProtocolError::ResourceOnOtherWorker {
+                resource: id,
+                ctx: 0,
+            });
+        }
+        r.replicas.push((at, Rc::default()));
+        self.replica_count += 1;
+        self.replica_bytes += bytes;
+        self.shared.insert(id);
         let wait = link.borrow_mut().request(
             Request::ResCreate {
                 id,
@@ -1447,26 +1523,43 @@ impl Pool {
         Ok(Some(wait))
     }
 
+    /// The shared resources `ctx` has attached (walking the smaller set).
+    fn shared_of(&self, ctx: u32) -> Vec<u32> {
+        let Some(ids) = self.attached.get(&ctx) else {
+            return Vec::new();
+        };
+        if ids.len() < self.shared.len() {
+            ids.iter()
+                .filter(|id| self.shared.contains(id))
+                .copied()
+                .collect()
+        } else {
+            self.shared
+                .iter()
+                .filter(|id| ids.contains(id))
+                .copied()
+                .collect()
+        }
+    }
+
     /// Before a submit of `ctx` on worker `at`: every replica there of a
     /// resource `ctx` has attached that its home may have written since it
     /// was copied is copied again, ahead of the submit in `at`'s queue.
     fn refresh_replicas(&mut self, ctx: u32, at: Placed) {
-        let Some(ids) = self.attached.get(&ctx).cloned() else {
-            return;
-        };
-        for id in ids {
+        for id in self.shared_of(ctx) {
             let Some(r) = self.resources.get(&id) else {
                 continue;
             };
             let (Some(home), version) = (r.home, r.version) else {
                 continue;
             };
-            let Some(i) = r.replicas.iter().position(|(p, _)| p.slot == at.slot) else {
+            let Some((_, sync)) = r.replicas.iter().find(|(p, _)| *p == at) else {
                 continue;
             };
-            if home.slot == at.slot || r.replicas[i].1 == Some(version) {
+            if home == at || sync.pending.get() || sync.synced.get() == Some(version) {
                 continue;
             }
+            let sync = sync.clone();
             let (width, height) = (r.width, r.height);
             let (Some(from), Some(to)) = (self.link(home), self.link(at)) else {
                 continue;
@@ -1503,23 +1596,19 @@ impl Pool {
                 .step_by(rows as usize)
                 .map(|y| Rect::new(0, y, width, rows.min(height - y)))
                 .collect();
+            sync.pending.set(true);
+            sync.synced.set(Some(version));
             to.borrow_mut()
-                .send_later(id, width, bands, ReplyWait(slot));
-            if let Some(r) = self.resources.get_mut(&id) {
-                r.replicas[i].1 = Some(version);
-            }
+                .send_later(id, width, bands, ReplyWait(slot), sync);
             self.stats.replica_copies.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// `ctx` (on `at`) may have written what it has attached there.
     fn touch(&mut self, ctx: u32, at: Placed) {
-        let Some(ids) = self.attached.get(&ctx) else {
-            return;
-        };
-        for id in ids {
-            if let Some(r) = self.resources.get_mut(id) {
-                if r.home.is_some_and(|h| h.slot == at.slot) {
+        for id in self.shared_of(ctx) {
+            if let Some(r) = self.resources.get_mut(&id) {
+                if r.home == Some(at) {
                     r.version += 1;
                 }
             }
@@ -1580,6 +1669,9 @@ impl WorkerPool {
             fresh: HashMap::new(),
             resources: HashMap::new(),
             attached: HashMap::new(),
+            shared: HashSet::new(),
+            replica_bytes: 0,
+            replica_count: 0,
             mem: None,
         }));
         for slot in 0..n {
@@ -1730,16 +1822,20 @@ impl Renderer for WorkerPool {
         let mut replica = None;
         if home.slot != at.slot {
             if p.resources.get(&id).is_some_and(PoolResource::replicable) {
-                replica = p.replicate(id, at)?;
+                replica = match p.replicate(id, at) {
+                    Ok(w) => w,
+                    // Past the replicas' bounds: refused as any other.
+                    Err(ProtocolError::ResourceOnOtherWorker { .. }) => {
+                        return p.refuse_elsewhere(id, ctx, home, at);
+                    }
+                    Err(e) => return Err(e),
+                };
                 link = p.link(at).ok_or(ProtocolError::RenderWorkerLost(ctx))?;
             } else {
                 p.refuse_elsewhere(id, ctx, home, at)?;
             }
         }
-        let ids = p.attached.entry(ctx).or_default();
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
+        p.attached.entry(ctx).or_default().insert(id);
         drop(p);
         self.owe(moved);
         self.owe(created);
@@ -1754,13 +1850,12 @@ impl Renderer for WorkerPool {
     fn detach_resource(&mut self, ctx: u32, id: u32) {
         let mut p = self.pool.borrow_mut();
         if let Some(ids) = p.attached.get_mut(&ctx) {
-            ids.retain(|&r| r != id);
+            ids.remove(&id);
         }
         let (Ok((at, link)), Some(r)) = (p.context(ctx), p.resources.get(&id)) else {
             return;
         };
-        let there = r.home.is_some_and(|h| h.slot == at.slot)
-            || r.replicas.iter().any(|(p, _)| p.slot == at.slot);
+        let there = r.home == Some(at) || r.replicas.iter().any(|(p, _)| *p == at);
         if there {
             link.borrow_mut().send(
                 Request::Detach { ctx, res: id },
@@ -1858,7 +1953,13 @@ impl Renderer for WorkerPool {
             return;
         };
         for ids in p.attached.values_mut() {
-            ids.retain(|&r| r != id);
+            ids.remove(&id);
+        }
+        if p.shared.remove(&id) {
+            let bytes = u64::from(r.width) * u64::from(r.height) * 4;
+            let live = r.replicas.len();
+            p.replica_count -= live;
+            p.replica_bytes -= bytes * live as u64;
         }
         let homes = r.home.into_iter().chain(r.replicas.iter().map(|(p, _)| *p));
         for link in homes.filter_map(|h| p.link(h)) {

@@ -94,6 +94,9 @@ fn virgl_daemon_under_the_default_filter_serves_real_frames_and_stops_on_sigterm
         render: RenderMode::Real,
         width: 320,
         height: 200,
+        // Render workers take a second or more to come up on a loaded
+        // 2-core machine; a 1.5 s run could end before the first frame.
+        duration: std::time::Duration::from_secs(4),
         ..plan(Profile::ThreeD, scenario)
     };
     let plans = [real(Scenario::None), real(Scenario::Reset)];

@@ -944,6 +944,29 @@ impl Link {
         let _ = self.tx.send(Outgoing::Later(Box::pin(frames)));
     }
 
+    /// Asks for `rect` of `id` (`len` bytes, 4 a pixel) through the
+    /// read-back area: the pixels once the worker wrote them, or `None`
+    /// when the area has no room for them now.
+    fn read_rect(&mut self, id: u32, rect: Rect, len: u64) -> Option<ReplyWait> {
+        let offset = self.readback.alloc(len)?;
+        let slot = ReplySlot::new();
+        self.send(
+            Request::ReadRect {
+                id,
+                rect,
+                shm_offset: offset,
+            },
+            Vec::new(),
+            id,
+            OwedKind::Pixels {
+                slot: slot.clone(),
+                offset,
+                len,
+            },
+        );
+        Some(ReplyWait(slot))
+    }
+
     fn request(&mut self, req: Request, subject: u32) -> ReplyWait {
         let slot = ReplySlot::new();
         self.send(req, Vec::new(), subject, OwedKind::Reply(slot.clone()));
@@ -1568,29 +1591,15 @@ impl Pool {
             if len == 0 {
                 continue;
             }
-            let mut f = from.borrow_mut();
-            let Some(offset) = f.readback.alloc(len) else {
+            let Some(pixels) = from
+                .borrow_mut()
+                .read_rect(id, Rect::new(0, 0, width, height), len)
+            else {
                 // The home's read-back area is full: the next submit tries
                 // again.
                 tracing::debug!(resource = id, "no read-back room for a replica copy now");
                 continue;
             };
-            let slot = ReplySlot::new();
-            f.send(
-                Request::ReadRect {
-                    id,
-                    rect: Rect::new(0, 0, width, height),
-                    shm_offset: offset,
-                },
-                Vec::new(),
-                id,
-                OwedKind::Pixels {
-                    slot: slot.clone(),
-                    offset,
-                    len,
-                },
-            );
-            drop(f);
             let rows = (REPLICA_BAND_BYTES / (u64::from(width) * 4)).max(1) as u32;
             let bands = (0..height)
                 .step_by(rows as usize)
@@ -1598,8 +1607,7 @@ impl Pool {
                 .collect();
             sync.pending.set(true);
             sync.synced.set(Some(version));
-            to.borrow_mut()
-                .send_later(id, width, bands, ReplyWait(slot), sync);
+            to.borrow_mut().send_later(id, width, bands, pixels, sync);
             self.stats.replica_copies.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -2105,26 +2113,11 @@ impl Renderer for WorkerPool {
             return ready(Err(ProtocolError::RenderWorkerLost(id)));
         };
         drop(p);
-        let mut l = link.borrow_mut();
-        let Some(offset) = l.readback.alloc(len) else {
-            return ready(Err(ProtocolError::OutOfMemory { requested: len }));
-        };
-        let slot = ReplySlot::new();
-        l.send(
-            Request::ReadRect {
-                id,
-                rect,
-                shm_offset: offset,
-            },
-            Vec::new(),
-            id,
-            OwedKind::Pixels {
-                slot: slot.clone(),
-                offset,
-                len,
-            },
-        );
-        Box::pin(ReplyWait(slot))
+        let read = link.borrow_mut().read_rect(id, rect, len);
+        match read {
+            Some(pixels) => Box::pin(pixels),
+            None => ready(Err(ProtocolError::OutOfMemory { requested: len })),
+        }
     }
 
     fn blob_memory(&mut self, _id: u32) -> Option<BlobMemory> {

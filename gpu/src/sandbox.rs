@@ -37,8 +37,10 @@
 //! seccomp: the rings all exist before the filter is installed,
 //! `io_uring_setup` is not allowed after it, and each ring accepts only the
 //! reactor's own operations (`IORING_REGISTER_RESTRICTIONS`, in `reactor`).
-//! (The render workers' daemon profile allows `io_uring_setup` for the
-//! workers' start only; see [`Profile::VirglWorkers`].)
+//! With render workers, the daemon starts no process either: a launcher
+//! forked and executed before the filter starts them
+//! ([`Profile::Launcher`], which alone allows what a worker needs until
+//! its own filter: execve, fork, `io_uring_setup`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,16 +78,22 @@ pub enum Profile {
     TwoD,
     /// virglrenderer in this process.
     Virgl,
-    /// virglrenderer in render worker processes this one starts (and
-    /// starts again after a loss or a device reset): the virgl list plus
-    /// starting, reaping and killing them, and what a worker does from
-    /// its execve until it installs its own filter ([`Profile::RenderWorker`]):
-    /// a worker inherits this filter (a filter survives execve), so its
-    /// start-up calls (making its ring, restricting it) must pass it.
+    /// virglrenderer in render worker processes, which a launcher process
+    /// starts for this one (`render/virgl/launcher.rs`): the base list
+    /// plus the launcher's and the workers' sockets and killing a worker
+    /// through its pidfd. This process loads no GL library, starts no
+    /// process and makes no ring.
     VirglWorkers,
+    /// The render worker launcher: the virgl list plus starting and
+    /// reaping workers, and what a worker does from its execve until it
+    /// installs its own filter ([`Profile::RenderWorker`]): a worker
+    /// inherits this filter (a filter survives execve), so its start-up
+    /// calls (making its ring, restricting it, initialising the library)
+    /// must pass it.
+    Launcher,
     /// A render worker once it is up (its ring made and restricted, its
     /// library initialised): installed by the worker itself on top of the
-    /// inherited [`Profile::VirglWorkers`] filter (stacked filters: the
+    /// inherited [`Profile::Launcher`] filter (stacked filters: the
     /// stricter answer wins). No new rings, no execve, no new processes,
     /// no signals but to itself, no limits of another process.
     RenderWorker,
@@ -257,7 +265,7 @@ fn allowed(profile: Profile) -> Vec<Allow> {
     ];
     if matches!(
         profile,
-        Profile::Virgl | Profile::VirglWorkers | Profile::RenderWorker
+        Profile::Virgl | Profile::Launcher | Profile::RenderWorker
     ) {
         v.extend([
             // virglrenderer initialised again on the render shard after
@@ -296,12 +304,25 @@ fn allowed(profile: Profile) -> Vec<Allow> {
     }
     if profile == Profile::VirglWorkers {
         v.extend([
-            // A worker: a socketpair to it, fork (clone without
-            // CLONE_THREAD, from std's Command with a pre_exec that moves
-            // its fds into place with dup2), execve of this binary; then
-            // waitpid and, on a loss, kill (std's Child::kill: SIGKILL;
-            // no other signal). Only this process needs them: a worker's
-            // own filter refuses them.
+            // A worker: a socket pair to it and one to hear from the
+            // launcher about it (the read-back memfd is in the base list),
+            // sent to the launcher; on a loss, SIGKILL through the pidfd
+            // the launcher answered with (no other signal, no other
+            // process: a pidfd names one process, never a reused pid).
+            any(SYS_socketpair),
+            arg_in(SYS_pidfd_send_signal, 1, &[SIGKILL as u64]),
+        ]);
+    }
+    if profile == Profile::Launcher {
+        v.extend([
+            // A worker: fork (clone without CLONE_THREAD, from std's
+            // Command with a pre_exec that moves its fds into place with
+            // dup2), execve of the worker's program; its pidfd for the
+            // daemon; then waitpid (a thread per worker) and, when it
+            // cannot hand the pidfd over, kill (std's Child::kill:
+            // SIGKILL; no other signal). Only the launcher needs them: a
+            // worker's own filter refuses them.
+            // std's Command hears of a failed exec on a socket pair.
             any(SYS_socketpair),
             #[cfg(target_arch = "x86_64")]
             any(SYS_dup2),
@@ -309,6 +330,7 @@ fn allowed(profile: Profile) -> Vec<Allow> {
             any(SYS_clone),
             any(SYS_execve),
             any(SYS_wait4),
+            any(SYS_pidfd_open),
             arg_in(SYS_kill, 1, &[SIGKILL as u64]),
             // A worker from execve until its own filter (strace -f of
             // workers started, lost and started again): the dynamic loader
@@ -318,10 +340,9 @@ fn allowed(profile: Profile) -> Vec<Allow> {
             // PR_SET_TIMERSLACK), then its filter (seccomp, with
             // PR_SET_NO_NEW_PRIVS first: already set, filters only ever
             // take away). io_uring_setup and io_uring_register are here
-            // for the worker's ring only: this process made its rings
-            // before its filter and makes none after (the reactor's shards
-            // all start with the device), but a filter cannot tell the two
-            // processes apart. See docs/decisions/0005-render-workers.md.
+            // for the worker's ring only: the launcher has no ring. The
+            // daemon's own filter allows neither. See
+            // docs/decisions/0005-render-workers.md.
             #[cfg(target_arch = "x86_64")]
             any(SYS_arch_prctl),
             any(SYS_set_tid_address),
@@ -384,14 +405,14 @@ fn denied_with_errno(profile: Profile) -> Vec<(Allow, u32)> {
     ];
     #[cfg(target_arch = "x86_64")]
     v.push((any(SYS_unlink), EACCES as u32));
-    if matches!(profile, Profile::VirglWorkers | Profile::RenderWorker) {
+    if matches!(profile, Profile::Launcher | Profile::RenderWorker) {
         // glibc in a worker asks nscd (a unix socket) for the user's home
         // (Mesa's cache path); without it, it reads the files.
         v.push((any(SYS_socket), EACCES as u32));
     }
     if !matches!(
         profile,
-        Profile::Virgl | Profile::VirglWorkers | Profile::RenderWorker
+        Profile::Virgl | Profile::Launcher | Profile::RenderWorker
     ) {
         v.push((any(SYS_openat), EACCES as u32));
     } else {
@@ -667,12 +688,14 @@ impl Drop for PathRemover {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
-    const ALL: [Profile; 5] = [
+    const ALL: [Profile; 6] = [
         Profile::Sim,
         Profile::TwoD,
         Profile::Virgl,
         Profile::VirglWorkers,
+        Profile::Launcher,
         Profile::RenderWorker,
     ];
 
@@ -745,9 +768,14 @@ mod tests {
     fn render_worker_filter_refuses_new_rings_exec_fork_and_others_pids_which_its_parent_filter_allowed(
     ) {
         use Outcome::*;
-        let (w, parent) = (Some(Profile::RenderWorker), Some(Profile::VirglWorkers));
+        // The worker's parent filter is its launcher's; the daemon with
+        // workers (it starts none itself) refuses them all as the worker
+        // does.
+        let (w, parent) = (Some(Profile::RenderWorker), Some(Profile::Launcher));
+        let daemon = Some(Profile::VirglWorkers);
         // A fresh ring (no restrictions: its ops would bypass seccomp).
         assert_eq!(under(w, &io_uring_setup), Sigsys);
+        assert_eq!(under(daemon, &io_uring_setup), Sigsys);
         assert_eq!(under(parent, &io_uring_setup), CameBack);
         assert_eq!(under(Some(Profile::Virgl), &io_uring_setup), Sigsys);
         // execve (of nothing: the kernel's answer is ENOENT).
@@ -760,6 +788,7 @@ mod tests {
             }
         };
         assert_eq!(under(w, &execve), Sigsys);
+        assert_eq!(under(daemon, &execve), Sigsys);
         assert_eq!(under(parent, &execve), Errno(libc::ENOENT));
         // fork: clone without CLONE_THREAD.
         let fork = || {
@@ -772,6 +801,7 @@ mod tests {
             pid as i64
         };
         assert_eq!(under(w, &fork), Sigsys);
+        assert_eq!(under(daemon, &fork), Sigsys);
         assert_eq!(under(parent, &fork), CameBack);
         // Signals to another process: a sleeper of ours stands in for QEMU.
         let mut sleeper = std::process::Command::new("sleep")
@@ -785,7 +815,9 @@ mod tests {
         let kill9 = || unsafe { libc::kill(other, libc::SIGKILL) as i64 };
         assert_eq!(under(w, &kill9), Sigsys);
         assert_eq!(under(w, &term), Sigsys);
-        // The daemon kills its workers with SIGKILL only.
+        // The daemon kills no pid (its workers through their pidfds); the
+        // launcher with SIGKILL only.
+        assert_eq!(under(daemon, &kill9), Sigsys);
         assert_eq!(under(parent, &term), Sigsys);
         assert_eq!(
             sleeper.try_wait().unwrap(),
@@ -811,6 +843,45 @@ mod tests {
         assert_eq!(under(w, &theirs), Sigsys);
         assert_eq!(under(w, &own), CameBack);
         assert_eq!(under(parent, &own), CameBack);
+        // The daemon signals a worker only through its pidfd, and only
+        // SIGKILL.
+        let sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // SAFETY: pidfd_open of our own child, no flags; checked.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, sleeper.id() as i32, 0) };
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let send = |sig: i32| {
+            move || {
+                // SAFETY: a pidfd inherited by the child, no siginfo.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd,
+                        sig,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                }
+            }
+        };
+        assert_eq!(under(daemon, &send(libc::SIGTERM)), Sigsys);
+        assert_eq!(under(w, &send(libc::SIGKILL)), Sigsys);
+        let mut sleeper = sleeper;
+        assert_eq!(
+            sleeper.try_wait().unwrap(),
+            None,
+            "the sleeper was signalled"
+        );
+        assert_eq!(under(daemon, &send(libc::SIGKILL)), CameBack);
+        assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(pidfd as i32) };
     }
 
     #[test]
@@ -824,13 +895,19 @@ mod tests {
         assert_eq!(under(w, &open), Errno(libc::EACCES));
         // In-process virgl (and a worker until it is up) reads files.
         assert_eq!(under(Some(Profile::Virgl), &open), CameBack);
-        assert_eq!(under(Some(Profile::VirglWorkers), &open), CameBack);
+        assert_eq!(under(Some(Profile::Launcher), &open), CameBack);
+        // The daemon with workers loads no library: it opens nothing.
+        assert_eq!(
+            under(Some(Profile::VirglWorkers), &open),
+            Errno(libc::EACCES)
+        );
         // SAFETY: memfd_create with a static name; checked.
         let fd = unsafe { libc::memfd_create(c"resize".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);
         // SAFETY: integer arguments on our memfd (inherited by the child).
         let grow = || unsafe { libc::ftruncate(fd, 4096) as i64 };
         assert_eq!(under(w, &grow), Errno(libc::EPERM));
+        assert_eq!(under(Some(Profile::Launcher), &grow), CameBack);
         assert_eq!(under(Some(Profile::VirglWorkers), &grow), CameBack);
         // SAFETY: our own descriptor, closed once.
         unsafe { libc::close(fd) };
@@ -903,17 +980,32 @@ mod tests {
         ] {
             assert!(!virgl.contains(&nr), "syscall {nr} is allowed");
         }
-        // Render workers: the virgl list plus starting processes.
-        let workers = names(&allowed(Profile::VirglWorkers));
-        assert!(workers.is_superset(&virgl));
+        // The launcher: the virgl list plus starting processes.
+        let launcher = names(&allowed(Profile::Launcher));
+        assert!(launcher.is_superset(&virgl));
         for nr in [libc::SYS_execve, libc::SYS_wait4, libc::SYS_kill] {
-            assert!(workers.contains(&nr), "syscall {nr} is not allowed");
+            assert!(launcher.contains(&nr), "syscall {nr} is not allowed");
         }
         for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_ptrace] {
-            assert!(!workers.contains(&nr), "syscall {nr} is allowed");
+            assert!(!launcher.contains(&nr), "syscall {nr} is allowed");
+        }
+        // The daemon with render workers: the base list and their sockets;
+        // no process, no ring, no executable memory, no kill.
+        let daemon = names(&allowed(Profile::VirglWorkers));
+        assert!(daemon.is_superset(&base));
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_wait4,
+            libc::SYS_kill,
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_register,
+            libc::SYS_socket,
+            libc::SYS_seccomp,
+        ] {
+            assert!(!daemon.contains(&nr), "syscall {nr} is allowed");
         }
         // socket passes the allow list only to be refused with EACCES.
-        let refused = denied_with_errno(Profile::VirglWorkers);
+        let refused = denied_with_errno(Profile::Launcher);
         assert!(refused.iter().any(|(a, e)| a.nr == libc::SYS_socket
             && a.rules.is_empty()
             && *e == libc::EACCES as u32));

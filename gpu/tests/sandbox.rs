@@ -271,9 +271,17 @@ fn virgl_worker_calls_its_own_filter_refuses_kill_it_with_sigsys_and_go_through_
         log.contains("selftest: unlink returned -1 (Permission denied"),
         "{log}"
     );
-    // The daemon itself signals its workers with SIGKILL only.
-    let (status, log) = selftest(&dir, "kill-other", &virgl);
-    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}\n{log}");
+    // The daemon itself starts no process and makes no ring (its
+    // launcher starts the workers), and signals no pid (it kills a worker
+    // through its pidfd).
+    for call in ["kill-other", "io-uring-setup", "fork", "execve"] {
+        let (status, log) = selftest(&dir, call, &virgl);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGSYS),
+            "{call}: {status}\n{log}"
+        );
+    }
     let _ = fs::remove_dir_all(&dir);
 }
 

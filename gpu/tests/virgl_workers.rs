@@ -165,7 +165,8 @@ fn flaky_worker(
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (WorkerExe::at(script), dir)
+    // Started by the real binary's launcher: the script counts workers.
+    (WorkerExe::at(script).launched_by(DAEMON), dir)
 }
 
 /// Dies the way a worker under `--seccomp kill` dies on a refused call.
@@ -576,8 +577,11 @@ fn virgl_worker_dying_soon_after_ready_is_started_again_with_backoff_not_at_once
 
 #[test]
 fn virgl_workers_that_never_come_up_are_refused_with_a_clear_error() {
-    let err = WorkerPoolFactory::new(WorkerOptions::new(1, WorkerExe::at("/bin/false")))
-        .expect_err("/bin/false is no render worker");
+    let err = WorkerPoolFactory::new(WorkerOptions::new(
+        1,
+        WorkerExe::at("/bin/false").launched_by(DAEMON),
+    ))
+    .expect_err("/bin/false is no render worker");
     assert!(
         err.contains("died before it was ready: exited with status 1"),
         "{err}"
@@ -737,4 +741,68 @@ fn virgl_replicas_past_their_bound_are_refused_until_one_goes() {
     );
     assert_eq!(r, Response::OkNodata);
     assert_eq!(attach(&mut d, 2, 17), Response::OkNodata);
+}
+
+/// `/proc/<pid>/stat`'s state and parent, or `None` once it is gone.
+fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ppid ...": the name may hold spaces, so after its ')'.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+/// Gone, or a zombie no one has reaped yet (the launcher is our child
+/// and never waited for: the daemon may not wait under its filter).
+fn ended(pid: u32) -> bool {
+    proc_state(pid).is_none_or(|(s, _)| s == 'Z')
+}
+
+/// The device process starts no worker itself (under its filter it may
+/// not fork, execve or make a ring): the launcher does, before the filter,
+/// and every worker is its child. A launcher that is gone makes every
+/// later start fail with the reason, and nothing hangs.
+#[test]
+fn virgl_workers_are_the_launchers_children_and_without_it_starts_fail_cleanly() {
+    let (_b, mut d, stats) = start(1, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    create_target(&mut d, 5);
+    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
+    assert_eq!(
+        clear(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1),
+        Response::OkNodata
+    );
+    let launcher = stats.launcher_pid();
+    let worker = stats.slots()[0].pid.expect("a worker serves slot 0");
+    assert_eq!(proc_state(launcher).map(|s| s.1), Some(std::process::id()));
+    assert_eq!(proc_state(worker).map(|s| s.1), Some(launcher));
+    // SAFETY: a signal to the launcher, our own child.
+    assert_eq!(unsafe { libc::kill(launcher as i32, libc::SIGKILL) }, 0);
+    // Its worker dies with it (PR_SET_PDEATHSIG); the slot's restarts
+    // fail, each one at once.
+    wait_until("the worker's end", || ended(worker));
+    wait_until("a failed restart", || stats.start_failures() >= 1);
+    assert_ne!(
+        clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 2),
+        Response::OkNodata
+    );
+    assert_ne!(create_ctx(&mut d, 2), Response::OkNodata);
+    assert_eq!(stats.slots()[0].pid, None);
+}
+
+/// Dropping the device (the daemon stopping) closes the launcher's socket:
+/// the launcher ends, and every worker with it.
+#[test]
+fn virgl_launcher_and_its_workers_end_with_the_device() {
+    let (b, mut d, stats) = start(2, Duration::from_secs(10));
+    assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
+    let launcher = stats.launcher_pid();
+    let workers: Vec<u32> = stats.slots().iter().filter_map(|s| s.pid).collect();
+    assert_eq!(workers.len(), 2);
+    assert!(!ended(launcher));
+    drop((b, d));
+    wait_until("the launcher's end", || ended(launcher));
+    for w in workers {
+        wait_until("a worker's end", || ended(w));
+    }
 }

@@ -59,11 +59,10 @@ enum ForbiddenCall {
     Socket,
     /// execve() of a path that does not exist, on the main thread.
     Execve,
-    /// io_uring_setup: a fresh, unrestricted ring (allowed under the
-    /// render workers' profile: see gpu/src/sandbox.rs).
+    /// io_uring_setup: a fresh, unrestricted ring.
     IoUringSetup,
-    /// fork (clone without CLONE_THREAD; allowed under the render
-    /// workers' profile, which starts them).
+    /// fork (clone without CLONE_THREAD; render workers are started by
+    /// their launcher, not by the daemon).
     Fork,
     /// kill(parent, 0): a signal (none: 0) to another process.
     KillOther,
@@ -82,6 +81,21 @@ enum ForbiddenCall {
 }
 
 impl ForbiddenCall {
+    #[cfg(not(feature = "virgl"))]
+    fn is_worker_call(self) -> bool {
+        use ForbiddenCall::*;
+        matches!(
+            self,
+            WorkerIoUringSetup
+                | WorkerExecve
+                | WorkerFork
+                | WorkerKillOther
+                | WorkerPrlimitOther
+                | WorkerShrinkReadback
+                | WorkerUnlink
+        )
+    }
+
     /// The call in a render worker, if it is one.
     #[cfg(feature = "virgl")]
     fn in_worker(self) -> Option<gpu::render::virgl::worker::WorkerSelftest> {
@@ -388,14 +402,15 @@ fn run(args: Args) -> Result<(), String> {
         "gpu-reactor started"
     );
 
-    let sandbox = Sandbox {
+    let mut sandbox = Sandbox {
         mode: seccomp,
         profile,
         selftest: args.seccomp_selftest,
+        worker_selftest: worker_selftest(args.seccomp_selftest, seccomp, profile)?,
         socket_path: args.socket_path.clone(),
     };
     if let Some(stream) = inherited {
-        enter_sandbox(&sandbox, &backend)?;
+        enter_sandbox(&mut sandbox, &backend)?;
         return serve_fd(backend, stream, signals);
     }
     let Some(path) = args.socket_path else {
@@ -410,7 +425,7 @@ fn run(args: Args) -> Result<(), String> {
         .then(|| sandbox::PathRemover::start(&path))
         .transpose()
         .map_err(|e| format!("cannot start the socket file's remover: {e}"))?;
-    enter_sandbox(&sandbox, &backend)?;
+    enter_sandbox(&mut sandbox, &backend)?;
     let stop = server.stopper();
     spawn_signal_thread(signals, move || stop.stop())?;
     server.run().map_err(|e| format!("accept failed: {e}"))?;
@@ -424,6 +439,9 @@ struct Sandbox {
     mode: SeccompMode,
     profile: sandbox::Profile,
     selftest: Option<ForbiddenCall>,
+    /// `--seccomp-selftest worker-*`: runs a worker that makes the call,
+    /// started by a launcher made before the filter, and says how it ended.
+    worker_selftest: Option<Box<dyn FnOnce() -> String>>,
     socket_path: Option<PathBuf>,
 }
 
@@ -431,7 +449,7 @@ struct Sandbox {
 /// threads, this one) once the rings, the renderer factory, the listening
 /// socket and the metrics listener exist: none of their set-up calls need
 /// to stay allowed.
-fn enter_sandbox(sb: &Sandbox, backend: &Backend) -> Result<(), String> {
+fn enter_sandbox(sb: &mut Sandbox, backend: &Backend) -> Result<(), String> {
     let mode = sb.mode;
     sandbox::install(mode, sb.profile)?;
     if mode != SeccompMode::Off {
@@ -443,6 +461,10 @@ fn enter_sandbox(sb: &Sandbox, backend: &Backend) -> Result<(), String> {
     }
     match sb.selftest {
         None => Ok(()),
+        Some(_) if sb.worker_selftest.is_some() => {
+            let run = sb.worker_selftest.take().expect("checked");
+            Err(run())
+        }
         Some(call) => Err(forbidden_call(call, sb, backend)),
     }
 }
@@ -516,38 +538,56 @@ fn forbidden_call(call: ForbiddenCall, sb: &Sandbox, backend: &Backend) -> Strin
             unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
             format!("selftest: execve returned: {}", last())
         }
-        _ => forbidden_call_in_a_worker(call, sb),
+        // Run by `Sandbox::worker_selftest`.
+        _ => format!("selftest: {call:?} is a render worker's call"),
     }
 }
 
-/// `--seccomp-selftest worker-*`: starts a render worker that makes the
-/// call once its own filter is on, and says how it ended.
+/// `--seccomp-selftest worker-*`: a launcher (started now, before the
+/// filter) for a render worker that makes the call once its own filter is
+/// on; run after the filter, it says how that worker ended.
 #[cfg(feature = "virgl")]
-fn forbidden_call_in_a_worker(call: ForbiddenCall, sb: &Sandbox) -> String {
+fn worker_selftest(
+    call: Option<ForbiddenCall>,
+    mode: SeccompMode,
+    profile: sandbox::Profile,
+) -> Result<Option<Box<dyn FnOnce() -> String>>, String> {
     use gpu::render::virgl::{pool, WorkerExe};
-    let Some(w) = call.in_worker() else {
-        return format!("selftest: {call:?} is no worker call");
+    let Some(w) = call.and_then(ForbiddenCall::in_worker) else {
+        return Ok(None);
     };
-    if sb.profile != sandbox::Profile::VirglWorkers {
-        return "selftest: worker calls need --renderer virgl with render workers".into();
+    if profile != sandbox::Profile::VirglWorkers {
+        return Ok(Some(Box::new(|| {
+            "selftest: worker calls need --renderer virgl with render workers".into()
+        })));
     }
     let mut exe = WorkerExe::current();
     exe.args.extend([
         "--seccomp".into(),
-        sb.mode.to_string().into(),
+        mode.to_string().into(),
         "--seccomp-selftest".into(),
         w.name().into(),
     ]);
-    format!(
-        "selftest: {} in a render worker: {}",
-        w.name(),
-        pool::run_worker_to_its_end(&exe)
-    )
+    let launcher = exe.start_launcher()?;
+    Ok(Some(Box::new(move || {
+        format!(
+            "selftest: {} in a render worker: {}",
+            w.name(),
+            pool::run_worker_to_its_end(&launcher)
+        )
+    })))
 }
 
 #[cfg(not(feature = "virgl"))]
-fn forbidden_call_in_a_worker(call: ForbiddenCall, _sb: &Sandbox) -> String {
-    format!("selftest: {call:?} needs a build with the cargo feature `virgl`")
+fn worker_selftest(
+    call: Option<ForbiddenCall>,
+    _mode: SeccompMode,
+    _profile: sandbox::Profile,
+) -> Result<Option<Box<dyn FnOnce() -> String>>, String> {
+    Ok(call.filter(|c| c.is_worker_call()).map(|c| {
+        Box::new(move || format!("selftest: {c:?} needs a build with the cargo feature `virgl`"))
+            as Box<dyn FnOnce() -> String>
+    }))
 }
 
 /// `--fd`: the inherited socket, made close-on-exec (the parent passed it

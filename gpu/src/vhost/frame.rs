@@ -226,7 +226,7 @@ fn cmsg_space(fds: usize) -> usize {
 
 /// One `recvmsg`; descriptors received are appended to `fds` (owned, close
 /// on exec). More descriptors than fit is an `EMSGSIZE` error.
-fn recv_some(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+pub(crate) fn recv_some(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
     let mut control: ControlBuf = [0; (MAX_FDS * 4 + 64) / 8];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -279,7 +279,7 @@ fn take_fds(hdr: &libc::msghdr, out: &mut Vec<OwnedFd>) {
 }
 
 /// One `sendmsg` with `fds` attached (none when empty).
-fn send_some(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+pub(crate) fn send_some(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::other(
             "too many file descriptors for one message",

@@ -26,6 +26,7 @@
 //! for the length of one call.
 
 mod ffi;
+pub mod launcher;
 pub mod pool;
 mod wire;
 pub mod worker;

@@ -64,12 +64,14 @@
 //!   there, and the home is whoever used it first (a buffer a compositor
 //!   allocates and a client draws would copy the wrong way). A hold stops
 //!   the whole queue of the replica's worker, not only its context's.
-//! - **Under a seccomp filter** workers inherit the daemon's filter (and,
-//!   once up, add their own: `worker.rs`, given the daemon's `--seccomp`
-//!   in [`WorkerExe::args`]):
-//!   [`RendererFactory::check_under_filter`] starts one once the filter is
-//!   on, so a worker that cannot run under it stops the daemon at start
-//!   instead of every context failing later.
+//! - **Under a seccomp filter** workers are started by a launcher
+//!   (`launcher.rs`) made before the daemon's filter, and inherit the
+//!   launcher's filter (and, once up, add their own: `worker.rs`, given the
+//!   daemon's `--seccomp` in [`WorkerExe::args`]); the daemon forks,
+//!   executes and makes rings no more.
+//!   [`RendererFactory::check_under_filter`] starts one once the daemon's
+//!   filter is on, so a worker that cannot be started under it stops the
+//!   daemon at start instead of every context failing later.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -78,10 +80,10 @@ use std::future::Future;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,8 +92,9 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use super::launcher::{Launcher, WorkerProcess};
 use super::wire::{self, Event, MemRegion, Request};
-use super::worker::{SHM_FD, SOCKET_FD, WORKER_ARG};
+use super::worker::WORKER_ARG;
 use crate::backing::{Backing, GuestMem};
 use crate::protocol::wire::{
     VIRTIO_GPU_CAPSET_VIRGL, VIRTIO_GPU_CAPSET_VIRGL2, VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
@@ -131,6 +134,9 @@ fn retry_delay(failures: u32) -> Duration {
 pub struct WorkerExe {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// The binary that starts the workers (see `launcher.rs`): one that
+    /// calls `run_if_requested` first in `main`, like `program`.
+    pub launcher: PathBuf,
 }
 
 impl WorkerExe {
@@ -141,10 +147,26 @@ impl WorkerExe {
 
     /// Another binary that can be a worker (tests: `gpu-reactor`).
     pub fn at(program: impl Into<PathBuf>) -> WorkerExe {
+        let program = program.into();
         WorkerExe {
-            program: program.into(),
+            launcher: program.clone(),
+            program,
             args: vec![WORKER_ARG.into()],
         }
+    }
+
+    /// Workers run this program, started by `launcher` (tests: a script
+    /// as the worker, `gpu-reactor` as its launcher).
+    pub fn launched_by(self, launcher: impl Into<PathBuf>) -> WorkerExe {
+        WorkerExe {
+            launcher: launcher.into(),
+            ..self
+        }
+    }
+
+    /// Starts the launcher of these workers. Blocking; before any filter.
+    pub fn start_launcher(&self) -> Result<Launcher, String> {
+        Launcher::start(&self.launcher, &self.program, &self.args, STARTUP_DEADLINE)
     }
 }
 
@@ -186,6 +208,7 @@ pub struct WorkerStats {
     cross_worker_refusals: AtomicU64,
     context_moves: AtomicU64,
     replica_copies: AtomicU64,
+    launcher_pid: AtomicU64,
     slots: Mutex<Vec<SlotView>>,
 }
 
@@ -219,6 +242,10 @@ impl WorkerStats {
     pub fn replica_copies(&self) -> u64 {
         self.replica_copies.load(Ordering::Relaxed)
     }
+    /// The process that starts this factory's workers.
+    pub fn launcher_pid(&self) -> u32 {
+        self.launcher_pid.load(Ordering::Relaxed) as u32
+    }
     /// The slots of the current pool.
     pub fn slots(&self) -> Vec<SlotView> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -229,19 +256,28 @@ impl WorkerStats {
 #[derive(Debug)]
 pub struct WorkerPoolFactory {
     opts: WorkerOptions,
+    launcher: Arc<Launcher>,
     capsets: Vec<Capset>,
     stats: Arc<WorkerStats>,
 }
 
 impl WorkerPoolFactory {
-    /// Starts one worker to learn the library's capsets (it has to be up
-    /// for that), then lets it go. Blocking: call it before serving.
+    /// Starts the workers' launcher, and one worker to learn the library's
+    /// capsets (it has to be up for that), then lets that one go.
+    /// Blocking: call it before serving, and before the filter (the
+    /// launcher is forked and executed).
     pub fn new(opts: WorkerOptions) -> Result<WorkerPoolFactory, String> {
-        let capsets = probe_capsets(&opts.exe)?;
+        let launcher = Arc::new(opts.exe.start_launcher()?);
+        let capsets = probe_capsets(&launcher)?;
+        let stats = Arc::new(WorkerStats::default());
+        stats
+            .launcher_pid
+            .store(u64::from(launcher.pid()), Ordering::Relaxed);
         Ok(WorkerPoolFactory {
             opts,
+            launcher,
             capsets,
-            stats: Arc::default(),
+            stats,
         })
     }
 
@@ -255,11 +291,12 @@ impl RendererFactory for WorkerPoolFactory {
         super::virgl_info(self.capsets.clone())
     }
 
-    /// Starts a worker, which inherits the filter, and waits for it to be
+    /// Starts a worker (the daemon's part of it now under the daemon's
+    /// filter, the worker under its launcher's) and waits for it to be
     /// ready. Blocking (at most the start-up deadline).
     fn check_under_filter(&self) -> Result<(), String> {
         let started = Instant::now();
-        probe_capsets(&self.opts.exe).map_err(|e| {
+        probe_capsets(&self.launcher).map_err(|e| {
             format!(
                 "no render worker can start under the seccomp filter (one did before \
                  it was installed): {e}. {SECCOMP_HINT}, and allow it for render \
@@ -279,6 +316,7 @@ impl RendererFactory for WorkerPoolFactory {
         }
         Ok(Box::new(WorkerPool::start(
             self.opts.clone(),
+            self.launcher.clone(),
             self.stats.clone(),
         )?))
     }
@@ -345,7 +383,7 @@ impl RendererFactory for WorkerPoolFactory {
 
 /// A worker process just started.
 struct Spawned {
-    child: Child,
+    child: WorkerProcess,
     sock: OwnedFd,
     shm: OwnedFd,
 }
@@ -401,31 +439,10 @@ fn check_sealed(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
+fn spawn(launcher: &Launcher) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let shm = readback_memfd()?;
-    let (t, s) = (theirs.as_raw_fd(), shm.as_raw_fd());
-    let mut cmd = Command::new(&exe.program);
-    // What `ps` shows (the program may be `/proc/self/exe`).
-    cmd.arg0("gpu-render-worker")
-        .args(&exe.args)
-        .stdin(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
-    // dup2) on descriptors this process owns. The copies above 10 make
-    // sure placing one on 3 or 4 cannot clobber the other; they are
-    // close-on-exec, the placed ones are not (dup2 clears the flag).
-    unsafe {
-        cmd.pre_exec(move || {
-            let t2 = libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10);
-            let s2 = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, 10);
-            if t2 < 0 || s2 < 0 || libc::dup2(t2, SOCKET_FD) < 0 || libc::dup2(s2, SHM_FD) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let child = cmd.spawn()?;
-    drop(theirs);
+    let child = launcher.start_worker(&theirs.into(), &shm, STARTUP_DEADLINE)?;
     Ok(Spawned {
         child,
         sock: ours.into(),
@@ -438,7 +455,7 @@ fn spawn(exe: &WorkerExe) -> io::Result<Spawned> {
 /// was our kill: a worker that died by itself (a signal, an exit) has
 /// already begun to exit when its socket closes, and a kill then no
 /// longer changes its exit status.
-fn bury(mut child: Child, slot: Option<usize>) {
+fn bury(mut child: WorkerProcess, slot: Option<usize>) {
     let pid = child.id();
     let _ = child.kill();
     let _ = std::thread::Builder::new()
@@ -467,7 +484,7 @@ const SECCOMP_HINT: &str = "To see what the filter refuses, run with `--seccomp 
 
 /// How a worker ended, for people: the signal by name; SIGSYS is what a
 /// seccomp filter's kill looks like.
-fn describe_exit(status: ExitStatus) -> String {
+pub(super) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(libc::SIGSYS)) => format!(
@@ -506,9 +523,10 @@ fn signal_name(sig: i32) -> &'static str {
 
 /// Starts a worker, waits for its Ready (at most the start-up deadline)
 /// and lets it go. Blocking.
-fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
+fn probe_capsets(launcher: &Launcher) -> Result<Vec<Capset>, String> {
+    let program = launcher.program();
     let s =
-        spawn(exe).map_err(|e| format!("cannot start a render worker ({:?}): {e}", exe.program))?;
+        spawn(launcher).map_err(|e| format!("cannot start a render worker ({program:?}): {e}"))?;
     let mut child = s.child;
     let mut sock = UnixStream::from(s.sock);
     let _ = sock.set_read_timeout(Some(STARTUP_DEADLINE));
@@ -526,8 +544,7 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
                     Err(e) => format!("not reaped: {e}"),
                 };
                 return Err(format!(
-                    "the render worker ({:?}) died before it was ready: {how}",
-                    exe.program
+                    "the render worker ({program:?}) died before it was ready: {how}"
                 ));
             }
             Ok(n) => n,
@@ -557,8 +574,8 @@ fn probe_capsets(exe: &WorkerExe) -> Result<Vec<Capset>, String> {
 /// end by itself, then says whether it was ready first and how it ended:
 /// the daemon's `--seccomp-selftest` of a worker call (a worker started
 /// with one makes the call right after Ready). Blocking.
-pub fn run_worker_to_its_end(exe: &WorkerExe) -> String {
-    let s = match spawn(exe) {
+pub fn run_worker_to_its_end(launcher: &Launcher) -> String {
+    let s = match spawn(launcher) {
         Ok(s) => s,
         Err(e) => return format!("cannot start a render worker: {e}"),
     };
@@ -772,7 +789,7 @@ type LinkRef = Rc<RefCell<Link>>;
 /// One worker process and everything in flight with it.
 struct Link {
     generation: u64,
-    child: Option<Child>,
+    child: Option<WorkerProcess>,
     pid: u32,
     tx: reactor::Sender<Outgoing>,
     owed: BTreeMap<u64, Owed>,
@@ -808,12 +825,13 @@ struct Holds {
 impl Link {
     fn start(
         opts: &WorkerOptions,
+        launcher: &Launcher,
         slot: usize,
         generation: u64,
         failures: u32,
         pool: Weak<RefCell<Pool>>,
     ) -> Result<Rc<RefCell<Link>>, String> {
-        let s = spawn(&opts.exe).map_err(|e| {
+        let s = spawn(launcher).map_err(|e| {
             format!(
                 "cannot start render worker {slot} ({:?}): {e}",
                 opts.exe.program
@@ -1217,7 +1235,14 @@ fn worker_lost(pool: &Weak<RefCell<Pool>>, slot: usize, generation: u64, why: &s
 /// Starts a worker in the empty `slot`; one that cannot be spawned is
 /// tried again later, like one that dies before it is ready.
 fn restart(pool: &Rc<RefCell<Pool>>, p: &mut Pool, slot: usize, generation: u64, failures: u32) {
-    match Link::start(&p.opts, slot, generation, failures, Rc::downgrade(pool)) {
+    match Link::start(
+        &p.opts,
+        &p.launcher,
+        slot,
+        generation,
+        failures,
+        Rc::downgrade(pool),
+    ) {
         Ok(l) => {
             p.links[slot] = Some(l);
             p.stats.restarts.fetch_add(1, Ordering::Relaxed);
@@ -1341,6 +1366,7 @@ const REPLICA_BAND_BYTES: u64 = 4 << 20;
 /// All workers of one device instance.
 struct Pool {
     opts: WorkerOptions,
+    launcher: Arc<Launcher>,
     stats: Arc<WorkerStats>,
     links: Vec<Option<Rc<RefCell<Link>>>>,
     /// Per slot: the timer task that starts a worker again after a failed
@@ -1666,10 +1692,15 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    fn start(opts: WorkerOptions, stats: Arc<WorkerStats>) -> Result<WorkerPool, String> {
+    fn start(
+        opts: WorkerOptions,
+        launcher: Arc<Launcher>,
+        stats: Arc<WorkerStats>,
+    ) -> Result<WorkerPool, String> {
         let n = opts.workers.max(1);
         let pool = Rc::new(RefCell::new(Pool {
             opts,
+            launcher: launcher.clone(),
             stats,
             links: Vec::with_capacity(n),
             retries: (0..n).map(|_| None).collect(),
@@ -1684,7 +1715,7 @@ impl WorkerPool {
         }));
         for slot in 0..n {
             let opts = pool.borrow().opts.clone();
-            match Link::start(&opts, slot, 0, 0, Rc::downgrade(&pool)) {
+            match Link::start(&opts, &launcher, slot, 0, 0, Rc::downgrade(&pool)) {
                 Ok(l) => pool.borrow_mut().links.push(Some(l)),
                 Err(e) => {
                     pool.borrow_mut().shut_all();

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+use super::launcher::LAUNCHER_ARG;
 use super::wire::{self, Event, MemRegion, Request, RC_WORKER_ERROR};
 use super::{read_capsets, Virgl};
 use crate::backing::{Backing, GuestMem};
@@ -83,12 +84,14 @@ impl WorkerSelftest {
 
 /// What the worker was started with after [`WORKER_ARG`].
 #[derive(Debug, Clone, Copy)]
-struct WorkerArgs {
-    seccomp: SeccompMode,
+pub(super) struct WorkerArgs {
+    pub(super) seccomp: SeccompMode,
     selftest: Option<WorkerSelftest>,
 }
 
-fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<WorkerArgs, String> {
+pub(super) fn parse_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<WorkerArgs, String> {
     let mut out = WorkerArgs {
         seccomp: SeccompMode::Off,
         selftest: None,
@@ -120,7 +123,11 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Work
 /// Runs a render worker and returns its exit code if this process was
 /// started as one; `None` otherwise (carry on with `main`).
 pub fn run_if_requested() -> Option<ExitCode> {
-    if std::env::args_os().nth(1).is_none_or(|a| a != WORKER_ARG) {
+    let first = std::env::args_os().nth(1);
+    if first
+        .as_ref()
+        .is_none_or(|a| a != WORKER_ARG && a != LAUNCHER_ARG)
+    {
         return None;
     }
     let _ = tracing_subscriber::fmt()
@@ -137,6 +144,9 @@ pub fn run_if_requested() -> Option<ExitCode> {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+    if first.is_some_and(|a| a == LAUNCHER_ARG) {
+        return super::launcher::run_if_requested();
     }
     // SAFETY: plain prctl with integer arguments; the result is checked
     // below through getppid (a parent gone before this call).

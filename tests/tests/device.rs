@@ -325,6 +325,109 @@ fn unmap_blob_awaiting_a_slow_vmm_does_not_stop_other_contexts() {
     assert!(b.blob.mappings().is_empty());
 }
 
+/// Puts context `ctx` past its in-flight cap for a while: 100 fenced
+/// submits on its ring 0 (tags 1..=100), the first holding the ring for
+/// 300 ms of modelled GPU time, so none of them is done and whatever the
+/// context sends next waits at the owner until then.
+fn fill_context_slots(d: &mut GpuDriver, ctx: u32) {
+    for f in 1..=100u64 {
+        let cost = if f == 1 { 300_000 } else { 0 };
+        put(d, &submit(ctx, cost, false).with_ring(0).with_fence(f), f);
+    }
+}
+
+fn blob_ref(id: u32) -> ResourceRef {
+    ResourceRef {
+        resource_id: ResourceId(id),
+    }
+}
+
+/// Linux creates a mappable blob with its context and maps it right away
+/// without one (`virtio_gpu_vram_map`), not waiting for the create's
+/// answer; it frees it with UNMAP + UNREF, again without a context. With
+/// the context's CREATE_BLOB waiting behind its earlier commands, the
+/// commands without a context must not overtake it.
+#[test]
+fn blob_commands_without_a_context_wait_behind_their_contexts_create() {
+    let (b, mut d) = start();
+    ctx_create(&mut d, 1);
+    fill_context_slots(&mut d, 1);
+    put(
+        &mut d,
+        &Request::new(GpuCommand::ResourceCreateBlob(ResourceCreateBlob {
+            resource_id: ResourceId(7),
+            blob_mem: BlobMem::Host3d,
+            blob_flags: BlobFlags::from_wire(VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE).unwrap(),
+            blob_id: 7,
+            size: 1 << 20,
+            entries: vec![],
+        }))
+        .with_ctx(1),
+        200,
+    );
+    let map = ResourceMapBlob {
+        resource_id: ResourceId(7),
+        offset: 0,
+    };
+    put(&mut d, &Request::new(GpuCommand::ResourceMapBlob(map)), 201);
+    let unmap = GpuCommand::ResourceUnmapBlob(blob_ref(7));
+    put(&mut d, &Request::new(unmap), 202);
+    put(
+        &mut d,
+        &Request::new(GpuCommand::ResourceUnref(blob_ref(7))),
+        203,
+    );
+    d.kick(Queue::Control).unwrap();
+    assert_eq!(ok(&d.wait_for(200, T).unwrap()), &Response::OkNodata);
+    let c = d.wait_for(201, T).unwrap();
+    assert!(
+        matches!(ok(&c), Response::OkMapInfo { .. }),
+        "MAP_BLOB ran before its CREATE_BLOB: {:?}",
+        ok(&c)
+    );
+    assert_eq!(ok(&d.wait_for(202, T).unwrap()), &Response::OkNodata);
+    assert_eq!(ok(&d.wait_for(203, T).unwrap()), &Response::OkNodata);
+    d.wait_n(100, T).unwrap();
+    assert_eq!(d.in_flight(), 0);
+    assert!(b.blob.mappings().is_empty());
+}
+
+/// loadgen's blob lifecycle under `queue-full`: the flooding context's
+/// UNMAP_BLOB waits behind its earlier commands; the UNREF that follows
+/// it without a context must wait too, else the UNMAP finds no resource
+/// (`ERR_INVALID_RESOURCE_ID`).
+#[test]
+fn unref_without_a_context_waits_behind_its_contexts_unmap() {
+    let (b, mut d) = start();
+    ctx_create(&mut d, 1);
+    create_host_blob(&mut d, 1, 7, 1 << 20);
+    let map = Request::new(GpuCommand::ResourceMapBlob(ResourceMapBlob {
+        resource_id: ResourceId(7),
+        offset: 0,
+    }))
+    .with_ctx(1);
+    let r = d.call(Queue::Control, &map, T).unwrap();
+    assert!(matches!(ok(&r), Response::OkMapInfo { .. }));
+    fill_context_slots(&mut d, 1);
+    let unmap = GpuCommand::ResourceUnmapBlob(blob_ref(7));
+    put(&mut d, &Request::new(unmap).with_ctx(1), 200);
+    put(
+        &mut d,
+        &Request::new(GpuCommand::ResourceUnref(blob_ref(7))),
+        201,
+    );
+    d.kick(Queue::Control).unwrap();
+    assert_eq!(
+        ok(&d.wait_for(200, T).unwrap()),
+        &Response::OkNodata,
+        "UNMAP_BLOB ran after the UNREF behind it"
+    );
+    assert_eq!(ok(&d.wait_for(201, T).unwrap()), &Response::OkNodata);
+    d.wait_n(100, T).unwrap();
+    assert_eq!(d.in_flight(), 0);
+    assert!(b.blob.mappings().is_empty());
+}
+
 #[test]
 fn full_queue_of_1024_is_drained_without_loss() {
     let (_b, mut d) = start();

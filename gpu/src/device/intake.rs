@@ -28,6 +28,7 @@ use crate::protocol::{
 };
 use vm_memory::GuestAddressSpace;
 
+use super::backlog::Released;
 use super::budget::{backing_bytes, held_bytes};
 use super::directory::Shape;
 use super::job::{Done, Extra, Job, QueueKind, Reply, ShardMsg};
@@ -902,23 +903,34 @@ impl Owner {
     /// Sends a job to its shard, unless its context already has
     /// `CONTEXT_IN_FLIGHT` commands there: then it waits, in order, behind
     /// that context's others, so a context flooding the queue cannot fill
-    /// every shard's executor ahead of the other contexts. Only commands
-    /// with a context wait; contexts are independent of each other until a
-    /// fence says otherwise, so this reorders nothing the guest can rely on.
+    /// every shard's executor ahead of the other contexts. Contexts are
+    /// independent of each other until a fence says otherwise, so that
+    /// reorders nothing the guest can rely on between contexts. A command
+    /// without a context (Linux's MAP_BLOB, UNMAP_BLOB, UNREF, ...) is
+    /// ordered with the waiting ones that name its resource (`backlog.rs`).
     pub(super) fn dispatch(&mut self, shard: usize, job: Box<Job>) {
         let ctx = job.reply.hdr.ctx_id;
-        if ctx != 0 {
-            let busy = self.routed.get(&ctx).copied().unwrap_or(0) >= CONTEXT_IN_FLIGHT;
-            let queued = self.parked.get(&ctx).is_some_and(|p| !p.is_empty());
-            let now = Instant::now();
-            if busy || queued {
-                self.parked.entry(ctx).or_default().push_back((shard, job));
-                self.pacer.waited(ctx, now);
-                return;
+        if ctx == 0 {
+            if let Some((shard, job)) = self.parked.order_unbound((shard, job)) {
+                self.send_to_shard(shard, job);
             }
-            self.pacer.went(ctx, now);
-            *self.routed.entry(ctx).or_default() += 1;
+            return;
         }
+        let busy = self.routed.get(&ctx).copied().unwrap_or(0) >= CONTEXT_IN_FLIGHT;
+        let now = Instant::now();
+        if busy || self.parked.is_waiting(ctx) {
+            self.parked.park(ctx, (shard, job));
+            self.pacer.waited(ctx, now);
+            return;
+        }
+        if self.parked.must_wait(&job) {
+            // Behind a held command without a context: goes when it went.
+            self.parked.park(ctx, (shard, job));
+            self.dispatch_parked(ctx);
+            return;
+        }
+        self.pacer.went(ctx, now);
+        *self.routed.entry(ctx).or_default() += 1;
         self.send_to_shard(shard, job);
     }
 
@@ -964,7 +976,7 @@ impl Owner {
                 self.routed.remove(&ctx);
             }
         }
-        if self.parked.get(&ctx).is_some_and(|p| !p.is_empty()) {
+        if self.parked.is_waiting(ctx) {
             if self.pacer.take(ctx, Instant::now()) {
                 self.dispatch_parked(ctx);
             } else {
@@ -974,15 +986,34 @@ impl Owner {
         }
     }
 
-    /// Sends `ctx`'s oldest waiting command to its shard.
+    /// Sends `ctx`'s oldest waiting command to its shard, then the
+    /// commands without a context that waited for it; a context that waited
+    /// for those sends what its free slots take (it was owed them while it
+    /// waited).
     fn dispatch_parked(&mut self, ctx: u32) {
-        let next = self.parked.get_mut(&ctx).and_then(|p| p.pop_front());
-        if self.parked.get(&ctx).is_some_and(|p| p.is_empty()) {
-            self.parked.remove(&ctx);
-        }
-        if let Some((shard, job)) = next {
-            *self.routed.entry(ctx).or_default() += 1;
-            self.send_to_shard(shard, job);
+        let mut tries = vec![(ctx, 1)];
+        while let Some((ctx, mut n)) = tries.pop() {
+            while n > 0 {
+                n -= 1;
+                let mut released = Released::default();
+                let next = self.parked.pop(ctx, &mut released);
+                let went = next.is_some();
+                if let Some((shard, job)) = next {
+                    *self.routed.entry(ctx).or_default() += 1;
+                    self.send_to_shard(shard, job);
+                }
+                for (shard, job) in released.commands {
+                    self.send_to_shard(shard, job);
+                }
+                for c in released.contexts {
+                    let free =
+                        CONTEXT_IN_FLIGHT.saturating_sub(self.routed.get(&c).copied().unwrap_or(0));
+                    tries.push((c, free));
+                }
+                if !went {
+                    break;
+                }
+            }
         }
     }
 

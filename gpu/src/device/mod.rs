@@ -16,6 +16,7 @@
 //! in-process frontend) drives; it is `Send` and its calls block until the
 //! owner shard has acted on them, so it must not be used on a shard thread.
 
+mod backlog;
 pub mod budget;
 mod completion;
 mod context;

@@ -83,9 +83,9 @@ pub(super) struct Owner {
     pub stopping: Vec<(QueueKind, std::sync::mpsc::Sender<Option<u16>>)>,
     /// `Drain` requests waiting for nothing in flight.
     pub drains: Vec<std::sync::mpsc::Sender<bool>>,
-    /// Commands waiting for their context's in-flight slot, in order.
-    pub parked:
-        std::collections::HashMap<u32, std::collections::VecDeque<(usize, Box<super::job::Job>)>>,
+    /// Commands waiting for their context's in-flight slot, in order, and
+    /// commands without a context waiting behind them (`backlog.rs`).
+    pub parked: super::backlog::Backlogs,
     /// Display queries to answer once the VMM's first view is known
     /// (`DisplaySink::vmm_view_pending`); intake spawns their waits.
     pub held_display: Vec<super::intake::HeldQuery>,

@@ -161,6 +161,7 @@ impl<T> FenceTimelines<T> {
         let signalled = e.timeline.signal(ticket, value, released);
         if e.retired && e.timeline.is_empty() {
             self.timelines.remove(&id);
+            crate::sparse::shrink_sparse(&mut self.timelines);
         }
         signalled
     }
@@ -179,6 +180,7 @@ impl<T> FenceTimelines<T> {
             e.retired = true;
             !e.timeline.is_empty()
         });
+        crate::sparse::shrink_sparse(&mut self.timelines);
     }
 
     /// Fenced commands not yet released, over all timelines.

@@ -9,6 +9,7 @@
 //! | [`render`] | the `Renderer` trait and the renderers (`sim`, `rutabaga2d`) |
 //! | [`backing`] | guest pages behind a resource |
 //! | [`log_limit`] | rate limits for log lines a guest can cause per command |
+//! | [`sparse`] | maps keyed by guest ids shrink as they empty |
 //! | [`sandbox`] | the daemon's seccomp filter, per renderer |
 //! | [`vhost`] | the vhost-user backend: sessions, memory, rings, GPU socket, SHMEM_MAP |
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -22,4 +23,5 @@ pub mod log_limit;
 pub mod protocol;
 pub mod render;
 pub mod sandbox;
+pub mod sparse;
 pub mod vhost;

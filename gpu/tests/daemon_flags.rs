@@ -3,27 +3,7 @@
 #[path = "daemon_support.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use support::*;
-
-/// `GET /metrics` from the daemon's `--metrics` address, retried until it
-/// answers (it binds before it listens on its socket, but be patient).
-fn scrape(addr: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            return text;
-        }
-        assert!(Instant::now() < deadline, "no metrics at {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn max_guest_memory_is_the_devices_budget() {

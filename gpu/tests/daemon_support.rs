@@ -1,12 +1,16 @@
 //! The real gpu-reactor binary for the daemon tests: started on a socket
 //! path (`-s`) or, as libvirt starts it, on an inherited connected socket
-//! (`--fd=N`), its log in a file; loadgen sessions against it.
+//! (`--fd=N`), its log in a file; loadgen sessions against it; its
+//! `/metrics` scraped.
 //!
-//! Included by `sandbox.rs`, `libvirt.rs` and `daemon_flags.rs` with
-//! `#[path]`; built alone it is an empty test crate.
+//! Included by `sandbox.rs`, `libvirt.rs`, `daemon_flags.rs` and
+//! `daemon_hostile.rs` with `#[path]`; built alone it is an empty test
+//! crate.
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -210,5 +214,21 @@ pub fn assert_clean(r: &Report, d: &Daemon) {
     assert!(r.frames > 0, "no frames: {}", r.summary());
     for desk in r.per_desktop.iter().filter(|d| !d.stressed) {
         assert!(desk.frames > 0, "desktop {} made no frames", desk.desktop);
+    }
+}
+
+/// `GET /metrics` from the daemon's `--metrics` address, retried until it
+/// answers (it binds before it listens on its socket, but be patient).
+pub fn scrape(addr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no metrics at {addr}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

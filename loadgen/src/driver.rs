@@ -224,6 +224,15 @@ impl GpuDriver {
             .memory()
             .write_slice(bytes, buf)
             .map_err(|e| GpuDriverError::Memory(e.to_string()))?;
+        if response_at.is_none() && resp_len > 0 {
+            // The response header poisoned (type 0xffffffff is no response):
+            // a backend that does not write it is seen, not an earlier
+            // chain's answer left in the recycled buffer.
+            self.ram
+                .memory()
+                .write_slice(&[0xff; 24], GuestAddress(buf.0 + u64::from(req_len)))
+                .map_err(|e| GpuDriverError::Memory(e.to_string()))?;
+        }
         let mut bufs = vec![Buf::readable(buf, req_len)];
         if let Some(at) = response_at {
             bufs.push(Buf::writable(at, RESPONSE_BYTES));

@@ -61,6 +61,9 @@ pub const BACKING_ENTRY_BYTES: u64 = 64;
 pub struct GuestBudget {
     limit: u64,
     used: AtomicU64,
+    /// Bytes given back since the budget was made (the owner's allocator
+    /// trim follows it: `owner.rs`).
+    freed: AtomicU64,
 }
 
 impl GuestBudget {
@@ -68,6 +71,7 @@ impl GuestBudget {
         Arc::new(GuestBudget {
             limit,
             used: AtomicU64::new(0),
+            freed: AtomicU64::new(0),
         })
     }
 
@@ -106,6 +110,16 @@ impl GuestBudget {
     pub fn limit(&self) -> u64 {
         self.limit
     }
+
+    /// Bytes given back so far, in total.
+    pub fn freed(&self) -> u64 {
+        self.freed.load(Ordering::Relaxed)
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.freed.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Bytes charged to a budget, given back when this is dropped.
@@ -131,7 +145,7 @@ impl Charge {
     /// Gives `bytes` of this charge back (at most all of it).
     pub fn shrink(&mut self, bytes: u64) {
         let bytes = bytes.min(self.bytes);
-        self.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.budget.give_back(bytes);
         self.bytes -= bytes;
     }
 }
@@ -144,7 +158,7 @@ impl std::fmt::Debug for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.give_back(self.bytes);
     }
 }
 

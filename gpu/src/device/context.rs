@@ -290,6 +290,7 @@ fn run_command(
                 .resources
                 .remove(&id)
                 .ok_or(ProtocolError::UnknownResource(id))?;
+            crate::sparse::shrink_sparse(&mut st.resources);
             st.renderer.destroy_resource(id);
             if let Some(range) = res.mapped {
                 // The guest freed a still-mapped blob: take it out of the

@@ -117,6 +117,7 @@ impl Directory {
             .contexts
             .remove(&ctx)
             .ok_or(ProtocolError::UnknownContext(ctx))?;
+        crate::sparse::shrink_sparse(&mut self.contexts);
         self.load[e.shard] = self.load[e.shard].saturating_sub(1);
         Ok(e)
     }
@@ -167,6 +168,7 @@ impl Directory {
             .resources
             .remove(&id)
             .ok_or(ProtocolError::UnknownResource(id))?;
+        crate::sparse::shrink_sparse(&mut self.resources);
         self.bytes = self.bytes.saturating_sub(e.charge.bytes());
         for c in self.contexts.values_mut() {
             if c.resources.remove(&id) {

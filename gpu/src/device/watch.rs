@@ -7,9 +7,12 @@
 //! is kept for live contexts only (from `CTX_CREATE` to `CTX_DESTROY` or a
 //! reset) plus context 0, and commands are counted in a fixed array of the
 //! known types plus one "unknown" bucket. A scrape stays small whatever the
-//! guest sends.
+//! guest sends, and whatever it creates: at most [`CONTEXT_SERIES`] live
+//! contexts have a series of their own, the ones created past that share
+//! one (`ctx="other"`; the budget lets a guest have 65536 contexts, a
+//! megabyte of text per thousand series).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,11 @@ use super::job::QueueKind;
 const BUCKETS_US: [u64; 12] = [
     50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 1_000_000,
 ];
+
+/// Live contexts with a fence latency series of their own (about 1 KiB of
+/// text each); contexts created while this many have one share the
+/// `other` series until they are destroyed.
+pub const CONTEXT_SERIES: usize = 128;
 
 /// The command types counted one by one; anything else is "unknown".
 const COMMAND_TYPES: [u32; 26] = [
@@ -93,8 +101,15 @@ impl Histogram {
 /// In-flight commands and the metrics derived from them.
 pub struct Watch {
     inflight: HashMap<(u8, u16), Inflight>,
-    /// Per live context, and context 0 (created at its first fence).
+    /// Per live context (up to [`CONTEXT_SERIES`]), and context 0 (created
+    /// at its first fence).
     fence_latency: HashMap<u32, Histogram>,
+    /// Live contexts created while [`CONTEXT_SERIES`] had a series: their
+    /// fences go to `other` (each is charged to the guest's budget, which
+    /// bounds this set).
+    uncounted: HashSet<u32>,
+    /// The series of `uncounted`, while there are any.
+    other: Option<Histogram>,
     stalls_reported: u64,
     /// Per [`COMMAND_TYPES`] entry, then unknown types.
     by_type: [u64; COMMAND_TYPES.len() + 1],
@@ -105,6 +120,8 @@ impl Default for Watch {
         Watch {
             inflight: HashMap::new(),
             fence_latency: HashMap::new(),
+            uncounted: HashSet::new(),
+            other: None,
             stalls_reported: 0,
             by_type: [0; COMMAND_TYPES.len() + 1],
         }
@@ -135,6 +152,7 @@ impl Watch {
             // Not for a context that does not exist (any more).
             let h = match c.ctx {
                 0 => Some(self.fence_latency.entry(0).or_default()),
+                ctx if self.uncounted.contains(&ctx) => self.other.as_mut(),
                 ctx => self.fence_latency.get_mut(&ctx),
             };
             if let Some(h) = h {
@@ -174,16 +192,30 @@ impl Watch {
 
     /// A context was created: its fence latency is kept from now on.
     pub fn context_created(&mut self, ctx: u32) {
-        if ctx != 0 {
+        if ctx == 0 {
+            return;
+        }
+        let own = self.fence_latency.len() - usize::from(self.fence_latency.contains_key(&0));
+        if own < CONTEXT_SERIES {
             self.fence_latency.insert(ctx, Histogram::default());
+        } else {
+            self.uncounted.insert(ctx);
+            self.other.get_or_insert_with(Histogram::default);
         }
     }
 
-    /// A context was destroyed: its series goes.
+    /// A context was destroyed: its series goes (`other` once no context
+    /// shares it).
     pub fn context_destroyed(&mut self, ctx: u32) {
-        if ctx != 0 {
-            self.fence_latency.remove(&ctx);
+        if ctx == 0 {
+            return;
         }
+        self.fence_latency.remove(&ctx);
+        if self.uncounted.remove(&ctx) && self.uncounted.is_empty() {
+            self.other = None;
+        }
+        crate::sparse::shrink_sparse(&mut self.fence_latency);
+        crate::sparse::shrink_sparse_set(&mut self.uncounted);
     }
 
     /// Everything in flight is gone, and every context (reset). Context 0's
@@ -192,11 +224,13 @@ impl Watch {
     pub fn clear(&mut self) {
         self.inflight.clear();
         self.fence_latency.retain(|&ctx, _| ctx == 0);
+        self.uncounted = HashSet::new();
+        self.other = None;
     }
 
-    /// Per-id series kept (fence latency histograms).
+    /// Series kept (fence latency histograms: per context, and `other`).
     pub fn series(&self) -> usize {
-        self.fence_latency.len()
+        self.fence_latency.len() + usize::from(self.other.is_some())
     }
 
     /// Commands popped from `queue` (or any queue) whose used element is
@@ -249,30 +283,40 @@ impl Watch {
         let mut ctxs: Vec<_> = self.fence_latency.keys().copied().collect();
         ctxs.sort_unstable();
         for ctx in ctxs {
-            let h = &self.fence_latency[&ctx];
-            let mut cumulative = 0;
-            for (i, b) in BUCKETS_US.iter().enumerate() {
-                cumulative += h.counts[i];
-                let _ = writeln!(
-                    out,
-                    "gpu_reactor_fence_latency_seconds_bucket{{ctx=\"{ctx}\",le=\"{}\"}} {cumulative}",
-                    *b as f64 / 1e6
-                );
-            }
-            cumulative += h.counts[BUCKETS_US.len()];
-            let _ = writeln!(out, "gpu_reactor_fence_latency_seconds_bucket{{ctx=\"{ctx}\",le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(
-                out,
-                "gpu_reactor_fence_latency_seconds_sum{{ctx=\"{ctx}\"}} {}",
-                h.sum_us as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "gpu_reactor_fence_latency_seconds_count{{ctx=\"{ctx}\"}} {}",
-                h.count
-            );
+            render_histogram(out, &ctx.to_string(), &self.fence_latency[&ctx]);
+        }
+        if let Some(h) = &self.other {
+            render_histogram(out, "other", h);
         }
     }
+}
+
+/// One `gpu_reactor_fence_latency_seconds` series, labelled `ctx`.
+fn render_histogram(out: &mut String, ctx: &str, h: &Histogram) {
+    let mut cumulative = 0;
+    for (i, b) in BUCKETS_US.iter().enumerate() {
+        cumulative += h.counts[i];
+        let _ = writeln!(
+            out,
+            "gpu_reactor_fence_latency_seconds_bucket{{ctx=\"{ctx}\",le=\"{}\"}} {cumulative}",
+            *b as f64 / 1e6
+        );
+    }
+    cumulative += h.counts[BUCKETS_US.len()];
+    let _ = writeln!(
+        out,
+        "gpu_reactor_fence_latency_seconds_bucket{{ctx=\"{ctx}\",le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "gpu_reactor_fence_latency_seconds_sum{{ctx=\"{ctx}\"}} {}",
+        h.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "gpu_reactor_fence_latency_seconds_count{{ctx=\"{ctx}\"}} {}",
+        h.count
+    );
 }
 
 #[cfg(test)]
@@ -322,6 +366,50 @@ mod tests {
         w.context_destroyed(3);
         assert_eq!(w.series(), 1);
         w.context_created(4);
+        w.clear();
+        assert_eq!(w.series(), 1, "a reset leaves context 0");
+    }
+
+    #[test]
+    fn contexts_past_the_series_cap_share_one_series_until_destroyed() {
+        let mut w = Watch::default();
+        let n = CONTEXT_SERIES as u32;
+        // Context 0 has its series besides the cap.
+        w.start(QueueKind::Control, 0, VIRTIO_GPU_CMD_SUBMIT_3D, 0, true);
+        w.finish(QueueKind::Control, 0);
+        for ctx in 1..=n + 1000 {
+            w.context_created(ctx);
+        }
+        assert_eq!(w.series(), 1 + CONTEXT_SERIES + 1, "0, the cap, other");
+        for (head, ctx) in [(1u16, 5u32), (2, n + 7), (3, n + 900)] {
+            w.start(
+                QueueKind::Control,
+                head,
+                VIRTIO_GPU_CMD_SUBMIT_3D,
+                ctx,
+                true,
+            );
+            w.finish(QueueKind::Control, head);
+        }
+        let mut text = String::new();
+        w.render(&mut text);
+        assert!(text.contains("_count{ctx=\"5\"} 1\n"), "{text}");
+        assert!(text.contains("_count{ctx=\"other\"} 2\n"), "{text}");
+        assert!(!text.contains(&format!("ctx=\"{}\"", n + 7)), "{text}");
+        assert!(text.len() < 200 << 10, "{} bytes", text.len());
+        // A context with its own series goes: the next one created gets it.
+        w.context_destroyed(5);
+        w.context_created(5_000_000);
+        let mut text = String::new();
+        w.render(&mut text);
+        assert!(text.contains("ctx=\"5000000\""), "{text}");
+        // `other` goes with the last context that shares it.
+        for ctx in n + 1..=n + 1000 {
+            w.context_destroyed(ctx);
+        }
+        assert_eq!(w.series(), 1 + CONTEXT_SERIES);
+        w.context_created(6_000_000);
+        assert_eq!(w.series(), 1 + CONTEXT_SERIES + 1);
         w.clear();
         assert_eq!(w.series(), 1, "a reset leaves context 0");
     }

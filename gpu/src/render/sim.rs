@@ -308,6 +308,8 @@ impl Renderer for SimRenderer {
     fn destroy_context(&mut self, ctx: u32) {
         self.contexts.remove(&ctx);
         self.rings.retain(|(c, _), _| *c != ctx);
+        crate::sparse::shrink_sparse(&mut self.contexts);
+        crate::sparse::shrink_sparse(&mut self.rings);
     }
 
     fn submit(&mut self, ctx: u32, ring: u8, cmds: &[u8]) -> Result<(), ProtocolError> {
@@ -401,6 +403,7 @@ impl Renderer for SimRenderer {
 
     fn destroy_resource(&mut self, id: u32) {
         self.resources.remove(&id);
+        crate::sparse::shrink_sparse(&mut self.resources);
     }
 
     fn detach_backing(&mut self, id: u32) -> Result<(), ProtocolError> {

@@ -730,13 +730,20 @@ async fn fetch_display(
     {
         Ok(p) => match parse_display_info(&p) {
             Some(modes) => {
-                tracing::info!(?modes, "VMM display info");
-                if let Some(n) = modes.iter().skip(scanouts as usize).position(|m| m.enabled) {
-                    tracing::warn!(
-                        "the VMM shows scanout {} enabled but this device has {scanouts} \
-                         (--outputs must be QEMU's max_outputs)",
-                        n + scanouts as usize
-                    );
+                // Every GET_DISPLAY_INFO of the guest refreshes the view:
+                // logged when it is new or changed, not once per command.
+                let changed = link::lock(state).vmm.modes.as_ref() != Some(&modes);
+                if changed {
+                    tracing::info!(?modes, "VMM display info");
+                    if let Some(n) = modes.iter().skip(scanouts as usize).position(|m| m.enabled) {
+                        tracing::warn!(
+                            "the VMM shows scanout {} enabled but this device has {scanouts} \
+                             (--outputs must be QEMU's max_outputs)",
+                            n + scanouts as usize
+                        );
+                    }
+                } else {
+                    tracing::debug!("VMM display info unchanged");
                 }
                 link::lock(state).vmm.modes = Some(modes);
             }

@@ -6,7 +6,7 @@
 # corpus. Long passes: docs/decisions/0006-coverage-guided-fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
-runs=${GPU_FUZZ_SHORT_RUNS:-20000}
+runs=${GPU_FUZZ_SHORT_RUNS:-10000}
 ./build.sh --quiet
 bin=../../target/fuzz/$(rustc -vV | sed -n 's/^host: //p')/release
 scratch=$(mktemp -d)

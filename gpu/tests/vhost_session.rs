@@ -5,7 +5,7 @@
 #[path = "vhost_support.rs"]
 mod support;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserConfigFlags, VhostUserInflight,
     VhostUserProtocolFeatures, VhostUserVringState,
 };
-use vm_memory::ByteValued;
+use vm_memory::{ByteValued, Bytes};
 
 fn display_info(d: &mut loadgen::driver::GpuDriver) -> Response {
     d.call(Queue::Control, &Request::new(GpuCommand::GetDisplayInfo), T)
@@ -105,6 +105,41 @@ fn a_kick_on_the_control_ring_completes_get_display_info() {
             assert!(modes[0].enabled);
             assert_eq!(modes[0].rect, Rect::new(0, 0, 1280, 800));
         }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn an_avail_index_more_than_a_ring_ahead_does_not_hang_the_device() {
+    // Found by the `vhost` fuzz target (tests/fuzz): the owner shard spun
+    // on such a ring, and the device never answered again.
+    let r = start(options());
+    let f = &r.frontend;
+    let ram = guest_ram();
+    f.negotiate();
+    f.add_ram(&ram);
+    let (mut d, ends) = new_driver(&ram);
+    f.ring_layout(0, &ram, d.queue(Queue::Control), 0);
+    assert_eq!(f.vring_fd(FrontendReq::SET_VRING_CALL, 0, &ends[0].call), 0);
+    assert_eq!(f.vring_fd(FrontendReq::SET_VRING_KICK, 0, &ends[0].kick), 0);
+    f.enable(0, true);
+    let avail_idx = vm_memory::GuestAddress(d.queue(Queue::Control).avail_ring().0 + 2);
+    ram.memory()
+        .write_obj(RING_SIZE + 1, avail_idx)
+        .expect("avail idx");
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd we hold.
+    let one = 1u64;
+    let n = unsafe { libc::write(ends[0].kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    assert_eq!(n, 8);
+    thread::sleep(Duration::from_millis(50));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = r.backend.clone();
+    thread::spawn(move || tx.send(b.device().stats().is_ok()));
+    assert_eq!(rx.recv_timeout(T), Ok(true), "the device stopped answering");
+    // The driver fixes its index: the ring serves again.
+    ram.memory().write_obj(0u16, avail_idx).expect("avail idx");
+    match display_info(&mut d) {
+        Response::OkDisplayInfo(_) => {}
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -185,6 +185,9 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
     let mut o = owner.borrow_mut();
     let mem = o.mem.memory();
     let mut popped = 0;
+    // Set after `enable_notification` said more arrived: if the ring then
+    // still yields nothing, it never will until the driver changes it.
+    let mut rechecked = false;
     let more = loop {
         if popped == INTAKE_BUDGET {
             break true;
@@ -195,21 +198,36 @@ pub(super) fn drain(owner: &OwnerRef, kind: QueueKind) -> bool {
         let chain = match q.queue.iter(&*mem) {
             Ok(mut it) => it.next(),
             Err(e) => {
+                // An avail index more than the ring's size ahead (or an
+                // unreadable ring): nothing can be taken. Wait for the next
+                // kick; `enable_notification` would report "more" forever
+                // and this loop would spin the owner shard (found by the
+                // `vhost` fuzz target).
                 crate::warn_limited!(queue = ?kind, error = ?e, "queue not usable");
-                None
+                break false;
             }
         };
         match chain {
             Some(chain) => {
                 popped += 1;
+                rechecked = false;
                 if let Some(log) = q.log.as_mut() {
                     log.taken(chain.head_index());
                 }
                 handle(&mut o, kind, chain, &mem);
             }
             None => match q.queue.enable_notification(&*mem) {
-                // More arrived while notifications were off: keep going.
-                Ok(true) => continue,
+                // More arrived while notifications were off: keep going,
+                // once (an avail entry that cannot be read yields nothing
+                // however often it is asked for).
+                Ok(true) if !rechecked => {
+                    rechecked = true;
+                    continue;
+                }
+                Ok(true) => {
+                    crate::warn_limited!(queue = ?kind, "avail ring entries not readable");
+                    break false;
+                }
                 Ok(false) => break false,
                 Err(e) => {
                     crate::warn_limited!(queue = ?kind, error = ?e, "cannot enable notifications");

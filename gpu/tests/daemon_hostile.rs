@@ -30,6 +30,7 @@ use gpu::render::sim::{sim_submit, sim_submit_fill, SIM_CAPSET_ID, SIM_MAGIC};
 use loadgen::driver::{GpuDriver, Queue};
 use loadgen::frontend::vhost::{VhostFrontend, VhostOptions};
 use loadgen::frontend::GuestRam;
+use loadgen::rng::Rng;
 use support::*;
 use vm_memory::GuestAddress;
 
@@ -44,32 +45,11 @@ const BUDGET: &str = "32M";
 /// Guest RAM the backing entries point into.
 const SCRATCH: u64 = 8 << 20;
 
-/// xorshift64: the storm is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn u32(&mut self, n: u32) -> u32 {
-        self.below(u64::from(n)) as u32
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// A size as a hostile guest picks one: mostly small, sometimes at the
 /// limits or past them, sometimes anything.
 fn size(r: &mut Rng) -> u32 {
     match r.below(10) {
-        0 => r.next() as u32,
+        0 => r.next_u64() as u32,
         1 => [0, 1, 2048, 2049, 16384, 16385, u32::MAX][r.below(7) as usize],
         _ => 1 + r.u32(256),
     }
@@ -82,7 +62,7 @@ fn rect(r: &mut Rng) -> Rect {
 /// A resource id: from the pool, 0, or anything.
 fn resource(r: &mut Rng) -> ResourceId {
     ResourceId(match r.below(10) {
-        0 => r.next() as u32,
+        0 => r.next_u64() as u32,
         1 => 0,
         _ => 1 + r.u32(RESOURCES),
     })
@@ -98,12 +78,12 @@ fn entries(r: &mut Rng, scratch: GuestAddress) -> Vec<MemEntry> {
             addr: if r.chance(85) {
                 scratch.0 + r.below(SCRATCH)
             } else {
-                r.next()
+                r.next_u64()
             },
             length: if r.chance(90) {
                 1 + r.u32(1 << 18)
             } else {
-                r.next() as u32
+                r.next_u64() as u32
             },
         })
         .collect()
@@ -135,7 +115,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> GpuCommand {
             offset: if r.chance(80) {
                 r.below(1 << 20)
             } else {
-                r.next()
+                r.next_u64()
             },
             resource_id: res,
         }),
@@ -171,7 +151,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> GpuCommand {
             size: if r.chance(90) {
                 4096 * (1 + r.below(64))
             } else {
-                r.next()
+                r.next_u64()
             },
             entries: if r.chance(50) {
                 entries(r, scratch)
@@ -197,7 +177,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> GpuCommand {
             capset_id: match r.below(10) {
                 0..=5 => SIM_CAPSET_ID as u8,
                 6 => 0,
-                _ => r.next() as u8 & 63,
+                _ => r.next_u64() as u8 & 63,
             },
         }),
         20 => GpuCommand::CtxDestroy,
@@ -207,7 +187,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> GpuCommand {
             resource_id: res,
             target: r.u32(10),
             format: r.u32(200),
-            bind: r.next() as u32,
+            bind: r.next_u64() as u32,
             width: size(r),
             height: size(r),
             depth: if r.chance(80) { 1 } else { size(r) },
@@ -244,18 +224,18 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> GpuCommand {
                 offset: if r.chance(80) {
                     r.below(1 << 24) & !4095
                 } else {
-                    r.next()
+                    r.next_u64()
                 },
             }),
             1 => GpuCommand::ResourceUnmapBlob(ResourceRef { resource_id: res }),
             2 | 3 => GpuCommand::Submit3d(Submit3d {
-                data: sim_submit_fill(r.u32(20), false, res.0, rect(r), r.next() as u32),
+                data: sim_submit_fill(r.u32(20), false, res.0, rect(r), r.next_u64() as u32),
             }),
             4 => GpuCommand::Submit3d(Submit3d {
                 data: sim_submit(r.u32(20), false),
             }),
             _ => GpuCommand::Submit3d(Submit3d {
-                data: (0..r.below(256)).map(|_| r.next() as u8).collect(),
+                data: (0..r.below(256)).map(|_| r.next_u64() as u8).collect(),
             }),
         },
     }
@@ -265,8 +245,8 @@ fn cursor(r: &mut Rng) -> GpuCommand {
     let c = CursorUpdate {
         pos: CursorPos {
             scanout_id: ScanoutId(r.u32(6)),
-            x: r.next() as i32,
-            y: r.next() as i32,
+            x: r.next_u64() as i32,
+            y: r.next_u64() as i32,
         },
         resource_id: resource(r),
         hot_x: r.u32(64),
@@ -305,12 +285,12 @@ fn corrupt(r: &mut Rng, bytes: &mut Vec<u8>) {
             } else {
                 r.below(4096)
             };
-            bytes.extend((0..extra).map(|_| r.next() as u8));
+            bytes.extend((0..extra).map(|_| r.next_u64() as u8));
         }
         // An unknown type, or one of another queue.
         4 if bytes.len() >= 4 => {
             let t = match r.below(4) {
-                0 => r.next() as u32,
+                0 => r.next_u64() as u32,
                 1 => 0x0100 + r.u32(0x30),
                 2 => 0x0200 + r.u32(0x30),
                 _ => 0x0300 + r.u32(4),
@@ -319,11 +299,11 @@ fn corrupt(r: &mut Rng, bytes: &mut Vec<u8>) {
         }
         // Random header flags.
         5 if bytes.len() >= 8 => {
-            bytes[4..8].copy_from_slice(&(r.next() as u32).to_le_bytes());
+            bytes[4..8].copy_from_slice(&(r.next_u64() as u32).to_le_bytes());
         }
         _ if bytes.len() >= 28 => {
             let i = 24 + 4 * r.below(((bytes.len() - 24) / 4) as u64) as usize;
-            bytes[i..i + 4].copy_from_slice(&(r.next() as u32).to_le_bytes());
+            bytes[i..i + 4].copy_from_slice(&(r.next_u64() as u32).to_le_bytes());
         }
         _ => {}
     }
@@ -370,7 +350,7 @@ fn chain(r: &mut Rng, scratch: GuestAddress, fence: &mut u64) -> Chain {
     let ctx = match r.below(10) {
         0..=5 => 1 + r.u32(CONTEXTS),
         6 | 7 => 0,
-        _ => r.next() as u32,
+        _ => r.next_u64() as u32,
     };
     let mut req = Request::new(command(r, scratch)).with_ctx(ctx);
     if r.chance(50) {
@@ -381,7 +361,7 @@ fn chain(r: &mut Rng, scratch: GuestAddress, fence: &mut u64) -> Chain {
         req = req.with_ring(if r.chance(90) {
             r.u32(64) as u8
         } else {
-            r.next() as u8
+            r.next_u64() as u8
         });
     }
     let mut bytes = req.to_bytes();
@@ -396,6 +376,17 @@ fn chain(r: &mut Rng, scratch: GuestAddress, fence: &mut u64) -> Chain {
         fence: intact.then(|| req.fence_id()).flatten(),
         unusable: r.chance(1),
     }
+}
+
+/// The resident-set lines of /proc/PID/status (`VmRSS`, `RssAnon`,
+/// `RssFile`, `RssShmem`), on one line: what a reading is made of.
+fn resident_lines(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Rss") || l.starts_with("VmRSS"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The daemon's resident set, in KiB (`VmRSS` of /proc/PID/status).
@@ -710,15 +701,7 @@ fn a_million_hostile_commands_leave_the_daemon_serving_with_bounded_memory_and_m
     // After the daemon's allocator trim (once a second), as the end is.
     std::thread::sleep(Duration::from_millis(2500));
     let start_kib = rss_kib(pid);
-    eprintln!(
-        "DEBUG start {}",
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with("Rss") || l.starts_with("VmRSS"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    eprintln!("start: {}", resident_lines(pid));
 
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Samples {
@@ -757,15 +740,7 @@ fn a_million_hostile_commands_leave_the_daemon_serving_with_bounded_memory_and_m
         std::thread::sleep(Duration::from_millis(100));
         end_kib = rss_kib(pid);
     }
-    eprintln!(
-        "DEBUG end {}",
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with("Rss") || l.starts_with("VmRSS"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    eprintln!("end: {}", resident_lines(pid));
     eprintln!(
         "{total} hostile chains in {:.1} s ({:.0}/s), {fences} fences checked; \
          RSS start {start_kib} KiB, peak {} KiB ({} samples), end {end_kib} KiB \

@@ -110,6 +110,14 @@ fn clear(d: &mut GpuDriver, ctx: u32, res: u32, rgba: [f32; 4], fence: u64) -> R
     )
 }
 
+/// A fresh render target `res`, attached to `ctx` and cleared there to
+/// `rgba` (fenced `fence`): each step answered OK.
+fn draw_new_target(d: &mut GpuDriver, ctx: u32, res: u32, rgba: [f32; 4], fence: u64) {
+    create_target(d, res);
+    assert_eq!(attach(d, ctx, res), Response::OkNodata);
+    assert_eq!(clear(d, ctx, res, rgba, fence), Response::OkNodata);
+}
+
 /// Flushes `res` to scanout 0 and returns what the display shows.
 fn flush_and_look(b: &DirectBackend, d: &mut GpuDriver, res: u32) -> Vec<u8> {
     let rect = Rect::new(0, 0, SIZE, SIZE);
@@ -193,12 +201,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 fn virgl_worker_renders_shares_guest_memory_and_reads_back_through_shared_memory() {
     let (b, mut d, stats) = start(2, Duration::from_secs(10));
     assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
-    create_target(&mut d, 5);
-    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 1, 5, [0.4, 0.0, 1.0, 1.0], 7),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 1, 5, [0.4, 0.0, 1.0, 1.0], 7);
     // TRANSFER_FROM_HOST_3D: the worker writes the guest's own pages (the
     // guest RAM memfd it was given), nothing copied through the socket.
     let len = SIZE * SIZE * 4;
@@ -301,12 +304,7 @@ fn virgl_resource_of_another_worker_is_replicated_there_up_to_date() {
     create_target(&mut d, 5);
     assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
     // The compositor has rendered on its own worker: it stays there.
-    create_target(&mut d, 6);
-    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1);
     assert_eq!(attach(&mut d, 2, 5), Response::OkNodata);
     assert_eq!(stats.context_moves(), 0);
     let mut fence = 10;
@@ -360,12 +358,7 @@ fn virgl_resource_of_another_worker_that_cannot_be_replicated_is_refused() {
     );
     assert_eq!(r, Response::OkNodata);
     assert_eq!(attach(&mut d, 1, 7), Response::OkNodata);
-    create_target(&mut d, 6);
-    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1);
     assert_eq!(
         attach(&mut d, 2, 7),
         Response::Err(VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
@@ -373,12 +366,7 @@ fn virgl_resource_of_another_worker_that_cannot_be_replicated_is_refused() {
     assert_eq!(stats.cross_worker_refusals(), 1);
     // Its owner keeps rendering (a resource of its own: flushes take
     // single-level images).
-    create_target(&mut d, 5);
-    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 3),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 3);
     let frame = flush_and_look(&b, &mut d, 5);
     assert!(frame.chunks(4).all(|px| px == [255, 0, 0, 255]));
 }
@@ -390,12 +378,7 @@ fn virgl_fresh_context_moves_to_the_worker_of_the_resource_it_attaches() {
     assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
     let first = slot_of(&stats, 1);
     assert_ne!(slot_of(&stats, 2), first);
-    create_target(&mut d, 5);
-    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 1, 5, [1.0, 0.0, 0.0, 1.0], 1);
     // Context 2 has done nothing yet: sharing resource 5 moves it to
     // context 1's worker, where it can render into it.
     assert_eq!(attach(&mut d, 2, 5), Response::OkNodata);
@@ -445,12 +428,7 @@ fn virgl_worker_killed_loses_only_its_contexts_and_is_restarted() {
     // A new context goes to the fresh worker (it has none) and renders.
     assert_eq!(create_ctx(&mut d, 3), Response::OkNodata);
     assert_eq!(slot_of(&stats, 3), victim);
-    create_target(&mut d, 13);
-    assert_eq!(attach(&mut d, 3, 13), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 3, 13, [0.0, 1.0, 0.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 3, 13, [0.0, 1.0, 0.0, 1.0], 1);
     // The loss is in the device's Prometheus text.
     let text = b.device.metrics().unwrap();
     for line in [
@@ -510,12 +488,7 @@ fn virgl_worker_dying_at_start_is_started_again_with_backoff_and_its_slot_then_s
     assert_eq!(stats.losses(), 3);
     // Contexts on the slot work: the slot is not left empty.
     assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
-    create_target(&mut d, 5);
-    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1);
     let frame = flush_and_look(&b, &mut d, 5);
     assert!(frame.chunks(4).all(|px| px == [0, 255, 0, 255]));
     let text = b.device.metrics().unwrap();
@@ -565,12 +538,7 @@ fn virgl_worker_dying_soon_after_ready_is_started_again_with_backoff_not_at_once
     assert_eq!(stats.losses(), 3);
     // The one that lives serves.
     assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
-    create_target(&mut d, 5);
-    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1);
     drop((b, d));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -697,12 +665,7 @@ fn virgl_replicas_past_their_bound_are_refused_until_one_goes() {
     let (_b, mut d, stats) = start(2, Duration::from_secs(10));
     assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
     assert_eq!(create_ctx(&mut d, 2), Response::OkNodata);
-    create_target(&mut d, 6);
-    assert_eq!(attach(&mut d, 2, 6), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 2, 6, [0.0, 0.0, 1.0, 1.0], 1);
     // 36 MB each: 7 fit in 256 MiB, the 8th does not.
     const SIDE: u32 = 3000;
     for id in 10..18 {
@@ -766,12 +729,7 @@ fn ended(pid: u32) -> bool {
 fn virgl_workers_are_the_launchers_children_and_without_it_starts_fail_cleanly() {
     let (_b, mut d, stats) = start(1, Duration::from_secs(10));
     assert_eq!(create_ctx(&mut d, 1), Response::OkNodata);
-    create_target(&mut d, 5);
-    assert_eq!(attach(&mut d, 1, 5), Response::OkNodata);
-    assert_eq!(
-        clear(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1),
-        Response::OkNodata
-    );
+    draw_new_target(&mut d, 1, 5, [0.0, 1.0, 0.0, 1.0], 1);
     let launcher = stats.launcher_pid();
     let worker = stats.slots()[0].pid.expect("a worker serves slot 0");
     assert_eq!(proc_state(launcher).map(|s| s.1), Some(std::process::id()));

@@ -12,6 +12,7 @@
 //! | [`run`] | the run loop, isolation phases, the report |
 //! | [`report`] | percentiles and the JSON report |
 //! | [`pixels`], [`display`] | what desktops draw and the check of what arrives |
+//! | [`rng`] | a seeded xorshift for streams that replay exactly (the hostile-command tests) |
 
 pub mod desktop;
 pub mod direct;
@@ -21,5 +22,6 @@ pub mod frontend;
 pub mod irq;
 pub mod pixels;
 pub mod report;
+pub mod rng;
 pub mod run;
 pub mod scenario;

@@ -8,6 +8,7 @@ use gpu::protocol::*;
 use gpu::render::sim::{sim_submit, SIM_CAPSET_ID};
 use loadgen::direct::{DirectBackend, DirectOptions};
 use loadgen::driver::{Completion, GpuDriver, Queue};
+use loadgen::rng::Rng;
 use vm_memory::{Bytes, GuestAddress};
 
 const T: Duration = Duration::from_secs(10);
@@ -950,21 +951,6 @@ fn flush_of_a_guest_blob_scanout_reads_through_its_layout() {
     assert!(matches!(r, Response::Err(_)), "{r:?}");
 }
 
-/// xorshift64: the hostile streams are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Per-context metric series in Prometheus text (one `_count` line each).
 fn context_series(text: &str) -> Vec<&str> {
     text.lines()
@@ -1000,9 +986,9 @@ fn hostile_fenced_commands_with_made_up_ids_are_answered_and_create_no_state() {
             let ctx = match r.below(10) {
                 0 | 1 => 1 + r.below(4) as u32,
                 2 => 0,
-                _ => 5 + r.next() as u32 % (u32::MAX - 5),
+                _ => 5 + r.next_u64() as u32 % (u32::MAX - 5),
             };
-            let ring = r.next() as u8;
+            let ring = r.next_u64() as u8;
             let with_ring = r.below(10) < 8;
             let unknown_type = match r.below(4) {
                 0 => Some(0xffff_ffffu32),

@@ -15,29 +15,10 @@ use gpu::protocol::*;
 use gpu::render::sim::sim_submit_fill;
 use loadgen::direct::{DirectBackend, DirectOptions};
 use loadgen::driver::Queue;
+use loadgen::rng::Rng;
 use vm_memory::GuestAddress;
 
 const T: Duration = Duration::from_secs(20);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn u32(&mut self, n: u32) -> u32 {
-        self.below(u64::from(n)) as u32
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn rect(r: &mut Rng) -> Rect {
     Rect::new(r.u32(300), r.u32(300), r.u32(300), r.u32(300))
@@ -52,7 +33,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> Request {
         addr: if r.chance(80) {
             scratch.0 + r.below(1 << 20)
         } else {
-            r.next()
+            r.next_u64()
         },
         length: 1 + r.u32(1 << 16),
     };
@@ -97,9 +78,9 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> Request {
         12 => GpuCommand::CtxDestroy,
         13 | 14 => GpuCommand::Submit3d(Submit3d {
             data: if r.chance(70) {
-                sim_submit_fill(r.u32(300), false, res.0, rect(r), r.next() as u32)
+                sim_submit_fill(r.u32(300), false, res.0, rect(r), r.next_u64() as u32)
             } else {
-                (0..r.below(64)).map(|_| r.next() as u8).collect()
+                (0..r.below(64)).map(|_| r.next_u64() as u8).collect()
             },
         }),
         15 => GpuCommand::CtxAttachResource(ResourceRef { resource_id: res }),
@@ -117,7 +98,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> Request {
                 0
             })
             .unwrap_or_default(),
-            blob_id: r.next(),
+            blob_id: r.next_u64(),
             size: 1 + r.below(1 << 21),
             entries: vec![],
         }),
@@ -145,7 +126,7 @@ fn command(r: &mut Rng, scratch: GuestAddress) -> Request {
     };
     let mut req = Request::new(cmd).with_ctx(if r.chance(70) { ctx } else { 0 });
     if r.chance(40) {
-        req = req.with_fence(r.next() >> 16);
+        req = req.with_fence(r.next_u64() >> 16);
     }
     if r.chance(30) {
         req = req.with_ring(r.u32(70) as u8);
@@ -161,16 +142,17 @@ fn corrupt(r: &mut Rng, mut bytes: Vec<u8>) -> Vec<u8> {
             bytes[i] ^= 1 << r.below(8);
         }
         1 => bytes.truncate(r.below(bytes.len() as u64 + 1) as usize),
-        2 => bytes.extend((0..r.below(64)).map(|_| r.next() as u8)),
+        2 => bytes.extend((0..r.below(64)).map(|_| r.next_u64() as u8)),
         3 if bytes.len() >= 4 => {
-            let t = [0x100u32, 0x10c, 0x200, 0x300, 0x1200, r.next() as u32][r.below(6) as usize];
+            let t =
+                [0x100u32, 0x10c, 0x200, 0x300, 0x1200, r.next_u64() as u32][r.below(6) as usize];
             bytes[..4].copy_from_slice(&t.to_le_bytes());
         }
         _ if bytes.len() >= 24 => {
             // A random u32 somewhere in the body.
             let i = 24 + 4 * r.below(((bytes.len() - 24) / 4).max(1) as u64) as usize;
             if i + 4 <= bytes.len() {
-                bytes[i..i + 4].copy_from_slice(&(r.next() as u32).to_le_bytes());
+                bytes[i..i + 4].copy_from_slice(&(r.next_u64() as u32).to_le_bytes());
             }
         }
         _ => {}

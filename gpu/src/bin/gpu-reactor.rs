@@ -477,12 +477,11 @@ fn enter_sandbox(sb: &mut Sandbox, backend: &Backend) -> Result<(), String> {
         // render worker can start under the filter.
         backend.device().filter_installed()?;
     }
+    if let Some(run) = sb.worker_selftest.take() {
+        return Err(run());
+    }
     match sb.selftest {
         None => Ok(()),
-        Some(_) if sb.worker_selftest.is_some() => {
-            let run = sb.worker_selftest.take().expect("checked");
-            Err(run())
-        }
         Some(call) => Err(forbidden_call(call, sb, backend)),
     }
 }

@@ -223,19 +223,9 @@ const TRIM_AFTER_FREED: u64 = 8 << 20;
 /// after the guest gave memory back, so a guest that frees nothing never
 /// pays for it.
 async fn allocator_trim(budget: Arc<super::budget::GuestBudget>) {
-    let period = std::time::Duration::from_secs(1);
-    let Ok(timer) = reactor::io::TimerFd::new() else {
+    let Ok(timer) = reactor::io::TimerFd::every(std::time::Duration::from_secs(1)) else {
         return;
     };
-    if timer
-        .set(reactor::io::TimerSpec::Every {
-            first: period,
-            interval: period,
-        })
-        .is_err()
-    {
-        return;
-    }
     let mut trimmed_at = budget.freed();
     let mut last_tick = trimmed_at;
     while timer.wait().await.is_ok() {
@@ -259,18 +249,9 @@ async fn allocator_trim(budget: Arc<super::budget::GuestBudget>) {
 /// on a CLOCK_MONOTONIC timerfd. Diagnostic only: nothing completes here.
 async fn watchdog(owner: OwnerRef, threshold: std::time::Duration) {
     let period = (threshold / 2).max(std::time::Duration::from_millis(1));
-    let Ok(timer) = reactor::io::TimerFd::new() else {
+    let Ok(timer) = reactor::io::TimerFd::every(period) else {
         return;
     };
-    if timer
-        .set(reactor::io::TimerSpec::Every {
-            first: period,
-            interval: period,
-        })
-        .is_err()
-    {
-        return;
-    }
     while timer.wait().await.is_ok() {
         owner.borrow_mut().watch.check(threshold);
     }

@@ -348,19 +348,24 @@ mod tests {
         assert!(text.contains("le=\"+Inf\"} 1"), "{text}");
     }
 
+    /// A fenced SUBMIT_3D of `ctx` on chain `head`, started and finished.
+    fn fenced_submit(w: &mut Watch, head: u16, ctx: u32) {
+        w.start(
+            QueueKind::Control,
+            head,
+            VIRTIO_GPU_CMD_SUBMIT_3D,
+            ctx,
+            true,
+        );
+        w.finish(QueueKind::Control, head);
+    }
+
     #[test]
     fn fence_latency_is_kept_only_for_live_contexts_and_context_0() {
         let mut w = Watch::default();
         w.context_created(3);
         for (head, ctx) in [(0u16, 0u32), (1, 3), (2, 99), (3, 100)] {
-            w.start(
-                QueueKind::Control,
-                head,
-                VIRTIO_GPU_CMD_SUBMIT_3D,
-                ctx,
-                true,
-            );
-            w.finish(QueueKind::Control, head);
+            fenced_submit(&mut w, head, ctx);
         }
         assert_eq!(w.series(), 2, "contexts 0 and 3 only");
         w.context_destroyed(3);
@@ -375,21 +380,13 @@ mod tests {
         let mut w = Watch::default();
         let n = CONTEXT_SERIES as u32;
         // Context 0 has its series besides the cap.
-        w.start(QueueKind::Control, 0, VIRTIO_GPU_CMD_SUBMIT_3D, 0, true);
-        w.finish(QueueKind::Control, 0);
+        fenced_submit(&mut w, 0, 0);
         for ctx in 1..=n + 1000 {
             w.context_created(ctx);
         }
         assert_eq!(w.series(), 1 + CONTEXT_SERIES + 1, "0, the cap, other");
         for (head, ctx) in [(1u16, 5u32), (2, n + 7), (3, n + 900)] {
-            w.start(
-                QueueKind::Control,
-                head,
-                VIRTIO_GPU_CMD_SUBMIT_3D,
-                ctx,
-                true,
-            );
-            w.finish(QueueKind::Control, head);
+            fenced_submit(&mut w, head, ctx);
         }
         let mut text = String::new();
         w.render(&mut text);

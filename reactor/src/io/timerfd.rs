@@ -62,6 +62,17 @@ impl TimerFd {
         })
     }
 
+    /// A timer that fires every `period`, the first time one period from
+    /// now.
+    pub fn every(period: Duration) -> io::Result<TimerFd> {
+        let t = TimerFd::new()?;
+        t.set(TimerSpec::Every {
+            first: period,
+            interval: period,
+        })?;
+        Ok(t)
+    }
+
     /// (Re)arms or disarms the timer; expirations not yet read are dropped.
     pub fn set(&self, spec: TimerSpec) -> io::Result<()> {
         let zero = Duration::ZERO;

@@ -23,7 +23,9 @@
  * --seconds S (default 10), --size WxH (offscreen, default 640x480),
  * --heavy N (a fragment shader with an N-step loop: an expensive client),
  * --hold S (KMS: keep the last frame on screen S seconds after reporting,
- * default 0).
+ * default 0), --ready FILE (create FILE once 32 frames are done: the guest's
+ * init knows the client is in its render loop). SIGTERM ends the run as
+ * --seconds does: the next frame is the last, then the report, exit 0.
  *
  * On the serial console (one write per line, so clients do not interleave):
  *   GLCLIENT-HASH id=C head=H WxH fnv=X   the last frame as the guest read
@@ -68,6 +70,14 @@ static double seconds = 10;
 static int width = 640, height = 480;
 static int heavy;
 static double hold;
+static const char *ready_file;
+static volatile sig_atomic_t stop_asked;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	stop_asked = 1;
+}
 
 /* One line to the console in one write. */
 static void say(const char *fmt, ...)
@@ -403,7 +413,7 @@ static int run(int fd, int kms_mode, int leased)
 	double start = now(), last = start, max_gap = 0;
 	for (;;) {
 		int f = frames;
-		int final = now() - start >= seconds || frames + 1 >= MAX_FRAMES;
+		int final = now() - start >= seconds || frames + 1 >= MAX_FRAMES || stop_asked;
 		draw(f);
 		double t0 = now();
 		glFinish();
@@ -433,6 +443,11 @@ static int run(int fd, int kms_mode, int leased)
 				gbm_surface_release_buffer(gs, bo);
 		}
 		frames++;
+		if (frames == 32 && ready_file) {
+			int r = open(ready_file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+			if (r >= 0)
+				close(r);
+		}
 		double t = now();
 		if (frames > 1 && t - last > max_gap)
 			max_gap = t - last;
@@ -534,6 +549,8 @@ int main(int argc, char **argv)
 			seconds = atof(v), i++;
 		else if (!strcmp(a, "--hold") && v)
 			hold = atof(v), i++;
+		else if (!strcmp(a, "--ready") && v)
+			ready_file = v, i++;
 		else if (!strcmp(a, "--heavy") && v)
 			heavy = atoi(v), i++;
 		else if (!strcmp(a, "--size") && v && sscanf(v, "%dx%d", &width, &height) == 2)
@@ -548,6 +565,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGTERM, on_term);
 	switch (mode) {
 	case 1: {
 		int fd = open("/dev/dri/card0", O_RDWR | O_CLOEXEC);

@@ -363,7 +363,21 @@ pub struct Outcome {
     /// QMP `query-status` round trips (ms), one per 100 ms of the run: how
     /// responsive QEMU's main loop stayed (QEMU's own virgl runs there).
     pub qmp_ms: Vec<f64>,
+    /// The render worker the host killed when the guest printed
+    /// `G3D-KILL-WORKER` (the faults run).
+    pub killed_worker: Option<KilledWorker>,
     pub elapsed: Duration,
+}
+
+/// A render worker killed from the host: the one of the backend's workers
+/// that used the most CPU over a second.
+#[derive(Debug, Clone, Copy)]
+pub struct KilledWorker {
+    pub pid: u32,
+    /// Its CPU time over that second, in clock ticks, and the next
+    /// busiest worker's.
+    pub ticks: u64,
+    pub next_ticks: u64,
 }
 
 impl Outcome {
@@ -441,6 +455,7 @@ pub fn run(
     let mut heads: Vec<HeadCheck> = Vec::new();
     let mut shots: Vec<Ppm> = Vec::new();
     let mut qmp_ms = Vec::new();
+    let mut killed_worker = None;
     loop {
         // Not an error when it fails: QEMU quits once the guest powers
         // off, which the checks below see.
@@ -476,6 +491,10 @@ pub fn run(
                     &logs,
                 )?);
             }
+        }
+        if killed_worker.is_none() && text.lines().any(|l| l.starts_with("G3D-KILL-WORKER")) {
+            killed_worker =
+                Some(kill_busiest_worker(backend_proc.child.id()).map_err(|e| logs(&e))?);
         }
         if text.lines().any(|l| l.starts_with("G3D-DONE")) {
             break;
@@ -538,7 +557,88 @@ pub fn run(
         metrics,
         shots,
         qmp_ms,
+        killed_worker,
         elapsed: start.elapsed(),
+    })
+}
+
+/// The render workers under `daemon` (its launcher's children: processes
+/// whose first argument is `--render-worker` and whose parent's parent is
+/// `daemon`).
+fn render_workers(daemon: u32) -> Vec<u32> {
+    let ppid = |pid: u32| -> Option<u32> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command's closing parenthesis: state, then ppid.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let mut workers = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let is_worker = cmdline.split(|b| *b == 0).nth(1) == Some(b"--render-worker".as_slice());
+        if is_worker && ppid(pid).and_then(ppid) == Some(daemon) {
+            workers.push(pid);
+        }
+    }
+    workers
+}
+
+/// A process's CPU time (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+    // utime and stime: the 14th and 15th fields, the 12th and 13th after
+    // the command.
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// SIGKILLs the render worker of `daemon` that used the most CPU over one
+/// second: a worker whose context is rendering, not an idle one.
+fn kill_busiest_worker(daemon: u32) -> Result<KilledWorker, String> {
+    let workers = render_workers(daemon);
+    if workers.is_empty() {
+        return Err(format!(
+            "no render workers under the backend (pid {daemon})"
+        ));
+    }
+    let before: Vec<Option<u64>> = workers.iter().map(|p| cpu_ticks(*p)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut used: Vec<(u64, u32)> = workers
+        .iter()
+        .zip(before)
+        .filter_map(|(p, b)| Some((cpu_ticks(*p)?.saturating_sub(b?), *p)))
+        .collect();
+    used.sort_unstable_by(|a, b| b.cmp(a));
+    let Some(&(ticks, pid)) = used.first() else {
+        return Err("the render workers went away while sampled".into());
+    };
+    // SAFETY: kill(2) with a pid read from /proc just now and a signal
+    // number; at worst the pid is gone and it fails with ESRCH.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+        return Err(format!(
+            "kill -9 {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(KilledWorker {
+        pid,
+        ticks,
+        next_ticks: used.get(1).map_or(0, |u| u.0),
     })
 }
 

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Socket, QMP and process-exit waits.
 pub const SHORT_LIMIT: Duration = Duration::from_secs(10);
+/// How long a backend may take to listen: a virgl daemon starts its
+/// launcher and one render worker under its filter first (Mesa's start,
+/// seconds on a loaded machine).
+pub const BACKEND_START_LIMIT: Duration = Duration::from_secs(60);
 pub const CONTRIB: &str = "/usr/lib/qemu/vhost-user-gpu";
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -629,13 +633,16 @@ impl BootFiles {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let mut backend = Guard::spawn("backend", cmd).map_err(|e| self.logs(&e))?;
-        let deadline = Instant::now() + SHORT_LIMIT;
+        let deadline = Instant::now() + BACKEND_START_LIMIT;
         while !self.sock.exists() {
             if let Some(st) = backend.exited() {
                 return Err(self.logs(&format!("the backend exited before listening: {st}")));
             }
             if Instant::now() > deadline {
-                return Err(self.logs("the backend did not create its socket within 10 s"));
+                return Err(self.logs(&format!(
+                    "the backend did not create its socket within {} s",
+                    BACKEND_START_LIMIT.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -430,3 +430,105 @@ fn guest3d_virgl_weston_shows_its_background_and_two_simple_egl_clients() {
     );
     work.passed();
 }
+
+/// The deadlock analysis's faults in the real guest (`g3d.run=faults`,
+/// 8 render workers): `kill -9` of an offscreen client mid-frame and of the
+/// DRM-master client mid-flip take only their own contexts: client 1
+/// renders on exactly, a new client on the same head shows its frame and a
+/// new offscreen one renders exactly. Then the host kills the render
+/// worker busiest while only clients 1 and 4 render: the one of them on it
+/// loses its context (wrong readbacks, the guest kernel logs the errors),
+/// the other renders on exactly, a client started after the loss renders
+/// exactly, the guest does not hang and the daemon counts one loss.
+#[test]
+fn guest3d_virgl_clients_and_a_render_worker_killed_mid_frame_take_only_themselves_down() {
+    let plan = Plan {
+        run: "faults",
+        n: 0,
+        secs: 0,
+        outputs: 1,
+        kms_heads: 1,
+    };
+    let (work, o) = boot(
+        "gpu-reactor-guest3d-faults",
+        "clients and a render worker killed on gpu-reactor virgl",
+        &plan,
+        Some(8),
+    );
+    for l in o.serial_lines("G3D-WORKER-GONE") {
+        println!("  {l}");
+    }
+    println!("  killed worker: {:?}", o.killed_worker);
+    let exit = |name: &str| o.exits.iter().find(|(n, _)| n == name).map(|e| e.1);
+    for (name, want) in [
+        ("0", 137),
+        ("2", 137),
+        ("1", 0),
+        ("3", 0),
+        ("4", 0),
+        ("5", 0),
+    ] {
+        assert_eq!(
+            exit(name),
+            Some(want),
+            "client {name}'s exit:\n{}",
+            o.serial
+        );
+    }
+    let report = |id: i64| {
+        o.clients
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap_or_else(|| panic!("no report of client {id}:\n{}", o.serial))
+    };
+    assert!(
+        o.clients.iter().all(|c| c.id != 0 && c.id != 2),
+        "a killed client reported: {:?}",
+        o.clients
+    );
+    // After the client kills: the new DRM master and the new offscreen
+    // client.
+    for id in [3, 5] {
+        let c = report(id);
+        assert!(c.frames > 0 && c.readbacks > 0, "{c:?}");
+        assert_eq!((c.readback_errors, c.flip_errors), (0, 0), "{c:?}");
+    }
+    assert_eq!(o.heads.len(), 1, "{:?}", o.heads);
+    assert_eq!(
+        o.heads[0].screen_fnv, o.heads[0].guest_fnv,
+        "head 0 does not show the new master's last frame"
+    );
+    // The worker kill: exactly one of clients 1 and 4 read back wrong.
+    let killed = o.killed_worker.expect("the host killed a render worker");
+    assert!(killed.ticks > 0, "{killed:?}");
+    let (a, b) = (report(1), report(4));
+    let hit: Vec<_> = [a, b]
+        .into_iter()
+        .filter(|c| c.readback_errors > 0)
+        .collect();
+    assert_eq!(hit.len(), 1, "one client loses its context: {a:?} {b:?}");
+    let survivor = if hit[0].id == 1 { b } else { a };
+    assert!(
+        survivor.frames > 0 && survivor.readbacks > 0,
+        "{survivor:?}"
+    );
+    assert_eq!(survivor.readback_errors, 0, "{survivor:?}");
+    assert!(
+        o.serial_lines("G3D-WORKER-GONE").len() == 1 && o.kernel_errors > 0,
+        "the lost context's commands answered with errors:\n{}",
+        o.serial
+    );
+    let metrics = o.metrics.as_deref().unwrap_or_default();
+    assert_eq!(
+        metric(metrics, "gpu_reactor_render_worker_losses_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(metrics, "gpu_reactor_render_contexts_lost_total"),
+        1,
+        "{metrics}"
+    );
+    assert!(metric(metrics, "gpu_reactor_render_worker_restarts_total") >= 1);
+    work.passed();
+}

@@ -315,6 +315,10 @@ struct Guest3dArgs {
     /// History file to append to.
     #[arg(long, default_value = history::DEFAULT_PATH)]
     history: PathBuf,
+    /// Keep the scratch directory (each boot's serial console, backend and
+    /// QEMU logs, gpu-reactor's metrics) and print its path.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn run_guest3d(args: Guest3dArgs) -> Result<(), String> {
@@ -338,7 +342,14 @@ fn run_guest3d(args: Guest3dArgs) -> Result<(), String> {
     let rows = guest3d_bench::run(&opts, |l| eprintln!("bench guest3d: {l}"))?;
     print!("{}", guest3d_bench::render_table(&rows));
     history::append(&args.history, &guest3d_bench::records(&stamp, &opts, &rows))?;
-    let _ = std::fs::remove_dir_all(&opts.dir);
+    if args.keep {
+        eprintln!(
+            "bench guest3d: logs and metrics kept in {}",
+            opts.dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&opts.dir);
+    }
     Ok(())
 }
 

@@ -521,6 +521,10 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let metrics = screendumps.then(|| scrape(metrics_addr).ok()).flatten();
+    if let Some(m) = &metrics {
+        // Beside the logs, for whoever reads a run's directory.
+        let _ = fs::write(dir.join("metrics.txt"), m);
+    }
     match files.stop(qmp, &mut qemu, &mut backend_proc)? {
         st if st.success() => {}
         st => return Err(logs(&format!("the backend's exit after SIGTERM: {st}"))),

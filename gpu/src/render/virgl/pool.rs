@@ -652,11 +652,13 @@ enum OwedKind {
     /// Nobody waits (destroy, detach): owed only to the watchdog.
     Nothing,
     Reply(Rc<ReplySlot>),
-    /// Pixels at a span of the shared area.
+    /// Pixels at a span of the shared area, to be copied into `out` (a
+    /// buffer the display recycles: its pages are in, nothing to zero).
     Pixels {
         slot: Rc<ReplySlot>,
         offset: u64,
         len: u64,
+        out: Vec<u8>,
     },
     /// A fence: may take as long as the GPU work; not watched.
     Fence(Rc<ReplySlot>),
@@ -747,18 +749,18 @@ impl ReadBack {
     }
 
     /// Copies a span out and gives it back.
-    fn take(&mut self, offset: u64, len: u64) -> Vec<u8> {
-        let mut out = vec![0u8; len as usize];
+    /// The pixels of the span at `offset`, in `out` (emptied first), and
+    /// the span given back.
+    fn take(&mut self, offset: u64, len: u64, mut out: Vec<u8>) -> Vec<u8> {
+        out.clear();
         if offset + len <= self.len {
             // SAFETY: the span lies inside the mapping; the worker wrote it
             // before answering and writes it no more.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.ptr.add(offset as usize),
-                    out.as_mut_ptr(),
-                    out.len(),
-                )
-            };
+            let span =
+                unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len as usize) };
+            out.extend_from_slice(span);
+        } else {
+            out.resize(len as usize, 0);
         }
         if let Some(i) = self.live.iter().position(|&(o, _)| o == offset) {
             self.live.remove(i);
@@ -965,7 +967,7 @@ impl Link {
     /// Asks for `rect` of `id` (`len` bytes, 4 a pixel) through the
     /// read-back area: the pixels once the worker wrote them, or `None`
     /// when the area has no room for them now.
-    fn read_rect(&mut self, id: u32, rect: Rect, len: u64) -> Option<ReplyWait> {
+    fn read_rect(&mut self, id: u32, rect: Rect, len: u64, out: Vec<u8>) -> Option<ReplyWait> {
         let offset = self.readback.alloc(len)?;
         let slot = ReplySlot::new();
         self.send(
@@ -980,6 +982,7 @@ impl Link {
                 slot: slot.clone(),
                 offset,
                 len,
+                out,
             },
         );
         Some(ReplyWait(slot))
@@ -1118,8 +1121,13 @@ async fn read_events(
                             OwedKind::Reply(s) | OwedKind::Fence(s) => {
                                 (Some(s), r.map(|()| Vec::new()))
                             }
-                            OwedKind::Pixels { slot, offset, len } => {
-                                let px = l.readback.take(offset, len);
+                            OwedKind::Pixels {
+                                slot,
+                                offset,
+                                len,
+                                out,
+                            } => {
+                                let px = l.readback.take(offset, len, out);
                                 (Some(slot), r.map(|()| px))
                             }
                         }
@@ -1617,9 +1625,9 @@ impl Pool {
             if len == 0 {
                 continue;
             }
-            let Some(pixels) = from
-                .borrow_mut()
-                .read_rect(id, Rect::new(0, 0, width, height), len)
+            let Some(pixels) =
+                from.borrow_mut()
+                    .read_rect(id, Rect::new(0, 0, width, height), len, Vec::new())
             else {
                 // The home's read-back area is full: the next submit tries
                 // again.
@@ -2116,7 +2124,7 @@ impl Renderer for WorkerPool {
         Err(ProtocolError::RendererFailed(libc::EAGAIN))
     }
 
-    fn read_rect_later(&mut self, id: u32, rect: Rect, _out: Vec<u8>) -> PixelsWait {
+    fn read_rect_later(&mut self, id: u32, rect: Rect, out: Vec<u8>) -> PixelsWait {
         let ready = |r| -> PixelsWait { Box::pin(std::future::ready(r)) };
         let p = self.pool.borrow();
         let Some(r) = p.resources.get(&id) else {
@@ -2144,7 +2152,7 @@ impl Renderer for WorkerPool {
             return ready(Err(ProtocolError::RenderWorkerLost(id)));
         };
         drop(p);
-        let read = link.borrow_mut().read_rect(id, rect, len);
+        let read = link.borrow_mut().read_rect(id, rect, len, out);
         match read {
             Some(pixels) => Box::pin(pixels),
             None => ready(Err(ProtocolError::OutOfMemory { requested: len })),

@@ -196,39 +196,55 @@ fn guest3d_virgl_kmscube_and_glmark2_run_to_completion() {
     work.passed();
 }
 
-/// The container manager's way: 4 heads (`max_outputs=4`, `--outputs 4`),
-/// each leased (connector + CRTC + primary plane) to its own KMS client
-/// process; every head shows its own client's last frame.
-#[test]
-fn guest3d_virgl_four_leased_heads_show_their_clients_frames() {
+/// The container manager's way: `n` heads (`max_outputs=n`, `--outputs
+/// n`), each leased (connector + CRTC + primary plane) to its own KMS
+/// client process; every head shows its own client's last frame.
+fn leased_heads(n: u32, secs: u32) {
     let plan = Plan {
         run: "lease",
-        n: 4,
-        secs: 10,
-        outputs: 4,
-        kms_heads: 4,
+        n,
+        secs,
+        outputs: n,
+        kms_heads: n,
     };
     let (work, o) = boot(
-        "gpu-reactor-guest3d-lease",
-        "4 leased heads on gpu-reactor virgl",
+        &format!("gpu-reactor-guest3d-lease-{n}"),
+        &format!("{n} leased heads on gpu-reactor virgl"),
         &plan,
         None,
     );
     for l in o.serial_lines("GLCLIENT-LEASE") {
         println!("  {l}");
     }
-    assert_eq!(o.serial_lines("GLCLIENT-LEASE").len(), 4, "{}", o.serial);
-    assert_clean(&o, 4, 4);
+    assert_eq!(
+        o.serial_lines("GLCLIENT-LEASE").len(),
+        n as usize,
+        "{}",
+        o.serial
+    );
+    assert_clean(&o, n as usize, n as usize);
     let mut fnvs: Vec<u64> = o.heads.iter().map(|h| h.guest_fnv).collect();
     fnvs.sort_unstable();
     fnvs.dedup();
     assert_eq!(
         fnvs.len(),
-        4,
+        n as usize,
         "each head has its own picture: {:?}",
         o.heads
     );
     work.passed();
+}
+
+#[test]
+fn guest3d_virgl_four_leased_heads_show_their_clients_frames() {
+    leased_heads(4, 10);
+}
+
+/// The analysis's many desktops: 16 heads, the most a virtio-gpu device
+/// has (`max_outputs=16`), each leased to its own client.
+#[test]
+fn guest3d_virgl_sixteen_leased_heads_show_their_clients_frames() {
+    leased_heads(16, 10);
 }
 
 /// 16 GL processes, each its own context (1 on KMS, 15 offscreen), 30 s:

@@ -45,6 +45,11 @@ pub struct Row {
     pub readbacks: u64,
     pub kernel_errors: u64,
     pub qmp_p99_ms: f64,
+    /// The guest vCPU's busy fraction while the clients rendered (NaN if
+    /// not measured).
+    pub vcpu_busy: f64,
+    /// The host CPUs' busy fraction over that time (NaN if not measured).
+    pub host_busy: f64,
 }
 
 const GPU_REACTOR: &str = "gpu-reactor";
@@ -73,6 +78,8 @@ fn row(backend: &'static str, clients: u32, o: &Outcome) -> Row {
         readbacks: c.iter().map(|c| c.readbacks).sum(),
         kernel_errors: o.kernel_errors,
         qmp_p99_ms: percentile(o.qmp_ms.clone(), 0.99),
+        vcpu_busy: o.vcpu_busy.unwrap_or(f64::NAN),
+        host_busy: o.host_busy.unwrap_or(f64::NAN),
     }
 }
 
@@ -113,14 +120,17 @@ pub fn run(opts: &Options, log: impl Fn(&str)) -> Result<Vec<Row>, String> {
                 let r = row(name, n, &o);
                 log(&format!(
                     "round {round}, {n} clients on {name}: {:.1} fps, glFinish p50 {:.1} ms, \
-                     p99 {:.1} ms, longest gap {:.0} ms, {}/{} readbacks wrong, {} kernel errors",
+                     p99 {:.1} ms, longest gap {:.0} ms, {}/{} readbacks wrong, {} kernel errors, \
+                     guest vCPU {:.0}% busy, host CPUs {:.0}% busy",
                     r.total_fps,
                     r.finish_p50_us / 1e3,
                     r.finish_p99_us / 1e3,
                     r.max_gap_ms,
                     r.readback_errors,
                     r.readbacks,
-                    r.kernel_errors
+                    r.kernel_errors,
+                    r.vcpu_busy * 100.0,
+                    r.host_busy * 100.0
                 ));
                 if o.clients.len() != n as usize {
                     return Err(format!(
@@ -157,7 +167,7 @@ fn counts(rows: &[Row]) -> Vec<u32> {
 /// ratios.
 pub fn render_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "clients  backend              fps  KMS fps  finish p50 ms  p99 ms  gap ms  bad/readbacks  kernel err  QMP p99 ms\n",
+        "clients  backend              fps  KMS fps  finish p50 ms  p99 ms  gap ms  bad/readbacks  kernel err  QMP p99 ms  vCPU busy  host busy\n",
     );
     for n in counts(rows) {
         for b in [GPU_REACTOR, QEMU_GL] {
@@ -178,7 +188,7 @@ pub fn render_table(rows: &[Row]) -> String {
                 .map(|r| r.kernel_errors)
                 .sum();
             t.push_str(&format!(
-                "{n:>7}  {b:<18} {:>6.1} {:>8.1} {:>14.1} {:>7.1} {:>7.0} {:>14} {:>11} {:>11.1}\n",
+                "{n:>7}  {b:<18} {:>6.1} {:>8.1} {:>14.1} {:>7.1} {:>7.0} {:>14} {:>11} {:>11.1} {:>9.0}% {:>9.0}%\n",
                 m(|r| r.total_fps),
                 m(|r| r.kms_fps),
                 m(|r| r.finish_p50_us) / 1e3,
@@ -187,6 +197,8 @@ pub fn render_table(rows: &[Row]) -> String {
                 format!("{bad}/{all}"),
                 kerr,
                 m(|r| r.qmp_p99_ms),
+                m(|r| r.vcpu_busy) * 100.0,
+                m(|r| r.host_busy) * 100.0,
             ));
         }
         let ratio = |f: fn(&Row) -> f64| {
@@ -234,6 +246,8 @@ pub fn records(stamp: &Stamp, opts: &Options, rows: &[Row]) -> Vec<Record> {
                 ("readback_errors", m(|r| r.readback_errors as f64)),
                 ("kernel_errors", m(|r| r.kernel_errors as f64)),
                 ("qmp_p99_ms", m(|r| r.qmp_p99_ms)),
+                ("vcpu_busy", m(|r| r.vcpu_busy)),
+                ("host_busy", m(|r| r.host_busy)),
             ] {
                 r.metrics.insert(k.into(), v);
             }

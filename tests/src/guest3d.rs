@@ -363,6 +363,14 @@ pub struct Outcome {
     /// QMP `query-status` round trips (ms), one per 100 ms of the run: how
     /// responsive QEMU's main loop stayed (QEMU's own virgl runs there).
     pub qmp_ms: Vec<f64>,
+    /// How busy the guest's one vCPU (QEMU's TCG thread) was while the
+    /// clients rendered (from `G3D-RUN` to the first client's report), as
+    /// a fraction of that time: near 1, the guest's CPU bounds the frame
+    /// rates whatever the backend does.
+    pub vcpu_busy: Option<f64>,
+    /// How busy the host's CPUs were over the same time (all of them: 1
+    /// is every core busy), from /proc/stat.
+    pub host_busy: Option<f64>,
     /// The render worker the host killed when the guest printed
     /// `G3D-KILL-WORKER` (the faults run).
     pub killed_worker: Option<KilledWorker>,
@@ -456,6 +464,10 @@ pub fn run(
     let mut shots: Vec<Ppm> = Vec::new();
     let mut qmp_ms = Vec::new();
     let mut killed_worker = None;
+    let mut vcpu_from = None;
+    let mut vcpu_busy = None;
+    let mut host_from = None;
+    let mut host_busy = None;
     loop {
         // Not an error when it fails: QEMU quits once the guest powers
         // off, which the checks below see.
@@ -490,6 +502,26 @@ pub fn run(
                     0,
                     &logs,
                 )?);
+            }
+        }
+        if vcpu_from.is_none() && text.lines().any(|l| l.starts_with("G3D-RUN")) {
+            vcpu_from = vcpu_ticks(qemu.child.id()).map(|t| (t, Instant::now()));
+            host_from = host_ticks();
+        }
+        if let (Some((busy0, all0)), None) = (host_from, host_busy) {
+            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
+                host_busy = host_ticks().map(|(busy1, all1)| {
+                    busy1.saturating_sub(busy0) as f64 / all1.saturating_sub(all0).max(1) as f64
+                });
+            }
+        }
+        if let (Some((t0, at)), None) = (vcpu_from, vcpu_busy) {
+            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
+                vcpu_busy = vcpu_ticks(qemu.child.id()).map(|t1| {
+                    // SAFETY: sysconf takes a constant and reads no memory.
+                    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+                    t1.saturating_sub(t0) as f64 / hz / at.elapsed().as_secs_f64()
+                });
             }
         }
         if killed_worker.is_none() && text.lines().any(|l| l.starts_with("G3D-KILL-WORKER")) {
@@ -561,6 +593,8 @@ pub fn run(
         metrics,
         shots,
         qmp_ms,
+        vcpu_busy,
+        host_busy,
         killed_worker,
         elapsed: start.elapsed(),
     })
@@ -600,9 +634,41 @@ fn render_workers(daemon: u32) -> Vec<u32> {
     workers
 }
 
+/// The CPU time of QEMU's vCPU thread (`CPU 0/TCG`), in clock ticks.
+fn vcpu_ticks(qemu: u32) -> Option<u64> {
+    fs::read_dir(format!("/proc/{qemu}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == "CPU 0/TCG")
+        })
+        .and_then(|t| ticks_of(&t.path().join("stat")))
+}
+
+/// The host's CPU time (all cores, clock ticks): busy (all but idle and
+/// iowait) and in all.
+fn host_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let all: u64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3)? + cpu.get(4)?;
+    Some((all - idle, all))
+}
+
 /// A process's CPU time (user + system), in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    ticks_of(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// utime + stime of a `/proc/.../stat` file.
+fn ticks_of(path: &Path) -> Option<u64> {
+    let stat = fs::read_to_string(path).ok()?;
     let mut f = stat.rsplit_once(')')?.1.split_whitespace();
     // utime and stime: the 14th and 15th fields, the 12th and 13th after
     // the command.

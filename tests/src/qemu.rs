@@ -714,7 +714,10 @@ impl BootFiles {
         append: &str,
     ) -> Result<Guard, String> {
         let log = fs::File::create(&self.qemu_log).unwrap();
+        // debug-threads: the vCPU thread is named (`CPU 0/TCG`), so its
+        // CPU time can be read.
         cmd.args(["-accel", "tcg", "-nodefaults", "-vga", "none"])
+            .args(["-name", "guest,debug-threads=on"])
             .arg("-m")
             .arg(mem_mb.to_string())
             .arg("-no-reboot")

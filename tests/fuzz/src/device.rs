@@ -504,6 +504,15 @@ impl<'a> Run<'a> {
                     self.setup();
                     break;
                 }
+                // Nothing in flight: whatever the device answered is in the
+                // used rings by now. Reaped once more before a chain counts
+                // as lost, for the device may have answered it since the
+                // reap above (this thread was stopped or descheduled past
+                // LOST: the long runs found that, stopped with SIGSTOP).
+                self.reap();
+                if self.rings.iter().all(|r| r.outstanding.is_empty()) {
+                    break;
+                }
                 let lost: Vec<_> = self.rings.iter().map(|r| r.outstanding.clone()).collect();
                 panic!("chains lost: {lost:?}, device {s:?}");
             }

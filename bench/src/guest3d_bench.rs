@@ -147,13 +147,19 @@ pub fn run(opts: &Options, log: impl Fn(&str)) -> Result<Vec<Row>, String> {
 }
 
 /// The mean of `f` over `backend`'s rows with `n` clients.
+/// The mean over the rounds of `backend` with `n` clients of what was
+/// measured (NaN, not measured, is left out; NaN if nothing was).
 fn mean(rows: &[Row], backend: &str, n: u32, f: impl Fn(&Row) -> f64) -> f64 {
     let v: Vec<f64> = rows
         .iter()
         .filter(|r| r.backend == backend && r.clients == n)
         .map(f)
+        .filter(|v| v.is_finite())
         .collect();
-    v.iter().sum::<f64>() / v.len().max(1) as f64
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 fn counts(rows: &[Row]) -> Vec<u32> {
@@ -249,7 +255,11 @@ pub fn records(stamp: &Stamp, opts: &Options, rows: &[Row]) -> Vec<Record> {
                 ("vcpu_busy", m(|r| r.vcpu_busy)),
                 ("host_busy", m(|r| r.host_busy)),
             ] {
-                r.metrics.insert(k.into(), v);
+                // JSON has no NaN (serde writes null, which the history
+                // does not read back): what was not measured is left out.
+                if v.is_finite() {
+                    r.metrics.insert(k.into(), v);
+                }
             }
             out.push(r);
         }
@@ -264,4 +274,65 @@ pub fn default_daemon() -> PathBuf {
         .and_then(|e| e.parent().map(Path::to_path_buf))
         .unwrap_or_default()
         .join("gpu-reactor")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(backend: &'static str, fps: f64, vcpu_busy: f64) -> Row {
+        Row {
+            backend,
+            clients: 1,
+            total_fps: fps,
+            kms_fps: fps,
+            finish_p50_us: 1000.0,
+            finish_p99_us: 2000.0,
+            max_gap_ms: 10.0,
+            readback_errors: 0,
+            readbacks: 10,
+            kernel_errors: 0,
+            qmp_p99_ms: 1.0,
+            vcpu_busy,
+            host_busy: f64::NAN,
+        }
+    }
+
+    /// What was not measured (NaN) is left out of the history line, so
+    /// the line still reads back with every measured number; a mean is
+    /// over the rounds that measured it.
+    #[test]
+    fn unmeasured_floors_are_left_out_and_the_line_reads_back() {
+        let rows = [
+            row(GPU_REACTOR, 100.0, f64::NAN),
+            row(GPU_REACTOR, 200.0, 0.5),
+            row(QEMU_GL, 50.0, f64::NAN),
+        ];
+        let opts = Options {
+            clients: vec![1],
+            secs: 1,
+            rounds: 2,
+            daemon: PathBuf::from("gpu-reactor"),
+            workers: None,
+            dir: PathBuf::from("/nonexistent"),
+        };
+        let stamp = Stamp {
+            rev: "r".into(),
+            date: "d".into(),
+            machine: crate::history::Machine::this(),
+        };
+        let records = records(&stamp, &opts, &rows);
+        let text: String = records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        let (back, bad) = crate::history::parse(&text);
+        assert_eq!((back.len(), bad), (2, 0), "{text}");
+        let ours = &back[0].metrics;
+        assert_eq!(ours.get("frames_per_s"), Some(&150.0));
+        assert_eq!(ours.get("vcpu_busy"), Some(&0.5));
+        assert_eq!(ours.get("host_busy"), None);
+        assert_eq!(back[1].metrics.get("vcpu_busy"), None);
+        assert_eq!(back[1].metrics.get("frames_per_s"), Some(&50.0));
+    }
 }

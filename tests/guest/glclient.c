@@ -318,7 +318,12 @@ static int wait_flip(struct kms *k)
 	while (k->flip_pending) {
 		struct pollfd p = {.fd = k->fd, .events = POLLIN};
 		int left = (int)((until - now()) * 1000);
-		if (left <= 0 || poll(&p, 1, left) <= 0)
+		if (left <= 0)
+			return -1;
+		int r = poll(&p, 1, left);
+		if (r < 0 && errno == EINTR)
+			continue; /* SIGTERM: the run ends after this frame */
+		if (r <= 0)
 			return -1;
 		drmHandleEvent(k->fd, &ev);
 	}

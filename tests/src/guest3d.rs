@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -476,6 +477,28 @@ pub fn run(
             qmp_ms.push(asked.elapsed().as_secs_f64() * 1e3);
         }
         let text = fs::read_to_string(serial).unwrap_or_default();
+        // The floors, sampled before any screendump below (the end is when
+        // the first client reports, before a KMS client's hold).
+        if vcpu_from.is_none() && text.lines().any(|l| l.starts_with("G3D-RUN")) {
+            vcpu_from = vcpu_ticks(qemu.child.id()).map(|t| (t, Instant::now()));
+            host_from = host_ticks();
+        }
+        if let (Some((busy0, all0)), None) = (host_from, host_busy) {
+            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
+                host_busy = host_ticks().map(|(busy1, all1)| {
+                    busy1.saturating_sub(busy0) as f64 / all1.saturating_sub(all0).max(1) as f64
+                });
+            }
+        }
+        if let (Some((t0, at)), None) = (vcpu_from, vcpu_busy) {
+            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
+                vcpu_busy = vcpu_ticks(qemu.child.id()).map(|t1| {
+                    // SAFETY: sysconf takes a constant and reads no memory.
+                    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+                    t1.saturating_sub(t0) as f64 / hz / at.elapsed().as_secs_f64()
+                });
+            }
+        }
         // Each KMS head, once its client has printed its last frame's hash
         // (it holds that frame on screen for `hold` seconds).
         for l in text.lines().filter(|l| l.starts_with("GLCLIENT-HASH ")) {
@@ -502,26 +525,6 @@ pub fn run(
                     0,
                     &logs,
                 )?);
-            }
-        }
-        if vcpu_from.is_none() && text.lines().any(|l| l.starts_with("G3D-RUN")) {
-            vcpu_from = vcpu_ticks(qemu.child.id()).map(|t| (t, Instant::now()));
-            host_from = host_ticks();
-        }
-        if let (Some((busy0, all0)), None) = (host_from, host_busy) {
-            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
-                host_busy = host_ticks().map(|(busy1, all1)| {
-                    busy1.saturating_sub(busy0) as f64 / all1.saturating_sub(all0).max(1) as f64
-                });
-            }
-        }
-        if let (Some((t0, at)), None) = (vcpu_from, vcpu_busy) {
-            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
-                vcpu_busy = vcpu_ticks(qemu.child.id()).map(|t1| {
-                    // SAFETY: sysconf takes a constant and reads no memory.
-                    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-                    t1.saturating_sub(t0) as f64 / hz / at.elapsed().as_secs_f64()
-                });
             }
         }
         if killed_worker.is_none() && text.lines().any(|l| l.starts_with("G3D-KILL-WORKER")) {
@@ -677,36 +680,67 @@ fn ticks_of(path: &Path) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// A pidfd of `pid` if, once opened, it is still a render worker of
+/// `daemon` (the pid could have been reused between the scan and the open;
+/// from the open on, the pidfd names that one process).
+fn worker_pidfd(pid: u32, daemon: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just made for us, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    render_workers(daemon).contains(&pid).then_some(fd)
+}
+
 /// SIGKILLs the render worker of `daemon` that used the most CPU over one
-/// second: a worker whose context is rendering, not an idle one.
+/// second: a worker whose context is rendering, not an idle one. The
+/// signal goes through a pidfd opened before the sampling, so it reaches
+/// that worker or, if it is gone, no one.
 fn kill_busiest_worker(daemon: u32) -> Result<KilledWorker, String> {
-    let workers = render_workers(daemon);
+    let workers: Vec<(u32, OwnedFd)> = render_workers(daemon)
+        .into_iter()
+        .filter_map(|p| Some((p, worker_pidfd(p, daemon)?)))
+        .collect();
     if workers.is_empty() {
         return Err(format!(
             "no render workers under the backend (pid {daemon})"
         ));
     }
-    let before: Vec<Option<u64>> = workers.iter().map(|p| cpu_ticks(*p)).collect();
+    let before: Vec<Option<u64>> = workers.iter().map(|(p, _)| cpu_ticks(*p)).collect();
     std::thread::sleep(Duration::from_secs(1));
-    let mut used: Vec<(u64, u32)> = workers
+    let mut used: Vec<(u64, usize)> = workers
         .iter()
         .zip(before)
-        .filter_map(|(p, b)| Some((cpu_ticks(*p)?.saturating_sub(b?), *p)))
+        .enumerate()
+        .filter_map(|(i, ((p, _), b))| Some((cpu_ticks(*p)?.saturating_sub(b?), i)))
         .collect();
     used.sort_unstable_by(|a, b| b.cmp(a));
-    let Some(&(ticks, pid)) = used.first() else {
+    let Some(&(ticks, i)) = used.first() else {
         return Err("the render workers went away while sampled".into());
     };
-    // SAFETY: kill(2) with a pid read from /proc just now and a signal
-    // number; at worst the pid is gone and it fails with ESRCH.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+    let (pid, fd) = &workers[i];
+    // SAFETY: pidfd_send_signal on a pidfd we own, a signal number, no
+    // siginfo (null) and no flags; the result is checked.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc != 0 {
         return Err(format!(
             "kill -9 {pid}: {}",
             std::io::Error::last_os_error()
         ));
     }
     Ok(KilledWorker {
-        pid,
+        pid: *pid,
         ticks,
         next_ticks: used.get(1).map_or(0, |u| u.0),
     })

@@ -529,9 +529,21 @@ fn guest3d_virgl_clients_and_a_render_worker_killed_mid_frame_take_only_themselv
         "{survivor:?}"
     );
     assert_eq!(survivor.readback_errors, 0, "{survivor:?}");
+    // "G3D-WORKER-GONE kernel errors A -> B": the lost context's commands
+    // were answered with errors after the kill, not only the killed
+    // clients' before it.
+    let gone = o.serial_lines("G3D-WORKER-GONE");
+    let counts: Vec<u64> = gone
+        .first()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        o.serial_lines("G3D-WORKER-GONE").len() == 1 && o.kernel_errors > 0,
-        "the lost context's commands answered with errors:\n{}",
+        gone.len() == 1 && counts.len() == 2 && counts[1] > counts[0],
+        "the lost context's commands answered with errors after the kill: {gone:?}\n{}",
         o.serial
     );
     let metrics = o.metrics.as_deref().unwrap_or_default();

@@ -754,11 +754,18 @@ impl ReadBack {
     fn take(&mut self, offset: u64, len: u64, mut out: Vec<u8>) -> Vec<u8> {
         out.clear();
         if offset + len <= self.len {
-            // SAFETY: the span lies inside the mapping; the worker wrote it
-            // before answering and writes it no more.
-            let span =
-                unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len as usize) };
-            out.extend_from_slice(span);
+            let len = len as usize;
+            out.reserve(len);
+            // SAFETY: the span lies inside our mapping (checked above) and
+            // `out` has room for `len` bytes (reserved above); they do not
+            // overlap (`out` is our heap). The worker may still write the
+            // span (it says it does not; nothing enforces it): a raw copy,
+            // never a reference to that memory, so at worst the guest gets
+            // pixels half drawn. The `len` bytes are then initialised.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.add(offset as usize), out.as_mut_ptr(), len);
+                out.set_len(len);
+            }
         } else {
             out.resize(len as usize, 0);
         }

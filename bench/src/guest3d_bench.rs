@@ -23,6 +23,9 @@ pub struct Options {
     pub clients: Vec<u32>,
     pub secs: u32,
     pub rounds: u32,
+    /// The heavy run instead of the default one: client 0 offscreen with
+    /// an expensive fragment shader, the others light (`g3d.run=heavy`).
+    pub heavy: bool,
     /// The `gpu-reactor` binary (built with `--features virgl`).
     pub daemon: PathBuf,
     /// `--render-workers`; `None`: the daemon's default.
@@ -41,6 +44,9 @@ pub struct Row {
     pub finish_p50_us: f64,
     pub finish_p99_us: f64,
     pub max_gap_ms: f64,
+    /// The longest frame gap of the clients other than client 0 (the KMS
+    /// client; with `heavy`, the heavy one).
+    pub others_gap_ms: f64,
     pub readback_errors: u64,
     pub readbacks: u64,
     pub kernel_errors: u64,
@@ -74,6 +80,11 @@ fn row(backend: &'static str, clients: u32, o: &Outcome) -> Row {
         finish_p50_us: percentile(c.iter().map(|c| c.finish_p50_us).collect(), 0.5),
         finish_p99_us: c.iter().map(|c| c.finish_p99_us).fold(0.0, f64::max),
         max_gap_ms: c.iter().map(|c| c.max_gap_ms).fold(0.0, f64::max),
+        others_gap_ms: c
+            .iter()
+            .filter(|c| c.id != 0)
+            .map(|c| c.max_gap_ms)
+            .fold(0.0, f64::max),
         readback_errors: c.iter().map(|c| c.readback_errors).sum(),
         readbacks: c.iter().map(|c| c.readbacks).sum(),
         kernel_errors: o.kernel_errors,
@@ -108,11 +119,11 @@ pub fn run(opts: &Options, log: impl Fn(&str)) -> Result<Vec<Row>, String> {
                     (QEMU_GL, Backend::QemuGl)
                 };
                 let plan = Plan {
-                    run: "clients",
+                    run: if opts.heavy { "heavy" } else { "clients" },
                     n,
                     secs: opts.secs,
                     outputs: 1,
-                    kms_heads: 1,
+                    kms_heads: u32::from(!opts.heavy),
                 };
                 let dir = opts.dir.join(format!("{name}-{n}-{round}"));
                 let limit = Duration::from_secs(u64::from(opts.secs) * 4 + 240);
@@ -120,12 +131,14 @@ pub fn run(opts: &Options, log: impl Fn(&str)) -> Result<Vec<Row>, String> {
                 let r = row(name, n, &o);
                 log(&format!(
                     "round {round}, {n} clients on {name}: {:.1} fps, glFinish p50 {:.1} ms, \
-                     p99 {:.1} ms, longest gap {:.0} ms, {}/{} readbacks wrong, {} kernel errors, \
+                     p99 {:.1} ms, longest gap {:.0} ms (others {:.0} ms), {}/{} readbacks wrong, \
+                     {} kernel errors, \
                      guest vCPU {:.0}% busy, host CPUs {:.0}% busy",
                     r.total_fps,
                     r.finish_p50_us / 1e3,
                     r.finish_p99_us / 1e3,
                     r.max_gap_ms,
+                    r.others_gap_ms,
                     r.readback_errors,
                     r.readbacks,
                     r.kernel_errors,
@@ -146,7 +159,6 @@ pub fn run(opts: &Options, log: impl Fn(&str)) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-/// The mean of `f` over `backend`'s rows with `n` clients.
 /// The mean over the rounds of `backend` with `n` clients of what was
 /// measured (NaN, not measured, is left out; NaN if nothing was).
 fn mean(rows: &[Row], backend: &str, n: u32, f: impl Fn(&Row) -> f64) -> f64 {
@@ -173,7 +185,7 @@ fn counts(rows: &[Row]) -> Vec<u32> {
 /// ratios.
 pub fn render_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "clients  backend              fps  KMS fps  finish p50 ms  p99 ms  gap ms  bad/readbacks  kernel err  QMP p99 ms  vCPU busy  host busy\n",
+        "clients  backend              fps  KMS fps  finish p50 ms  p99 ms  gap ms  others' gap  bad/readbacks  kernel err  QMP p99 ms  vCPU busy  host busy\n",
     );
     for n in counts(rows) {
         for b in [GPU_REACTOR, QEMU_GL] {
@@ -194,12 +206,13 @@ pub fn render_table(rows: &[Row]) -> String {
                 .map(|r| r.kernel_errors)
                 .sum();
             t.push_str(&format!(
-                "{n:>7}  {b:<18} {:>6.1} {:>8.1} {:>14.1} {:>7.1} {:>7.0} {:>14} {:>11} {:>11.1} {:>9.0}% {:>9.0}%\n",
+                "{n:>7}  {b:<18} {:>6.1} {:>8.1} {:>14.1} {:>7.1} {:>7.0} {:>12.0} {:>14} {:>11} {:>11.1} {:>9.0}% {:>9.0}%\n",
                 m(|r| r.total_fps),
                 m(|r| r.kms_fps),
                 m(|r| r.finish_p50_us) / 1e3,
                 m(|r| r.finish_p99_us) / 1e3,
                 m(|r| r.max_gap_ms),
+                m(|r| r.others_gap_ms),
                 format!("{bad}/{all}"),
                 kerr,
                 m(|r| r.qmp_p99_ms),
@@ -234,7 +247,11 @@ pub fn records(stamp: &Stamp, opts: &Options, rows: &[Row]) -> Vec<Record> {
             let m = |f: fn(&Row) -> f64| mean(rows, b, n, f);
             let mut r = Record {
                 kind: "guest3d".into(),
-                case: format!("guest3d/{b}/{n}"),
+                case: if opts.heavy {
+                    format!("guest3d/heavy/{b}/{n}")
+                } else {
+                    format!("guest3d/{b}/{n}")
+                },
                 stamp: stamp.clone(),
                 params: Default::default(),
                 metrics: Default::default(),
@@ -249,6 +266,7 @@ pub fn records(stamp: &Stamp, opts: &Options, rows: &[Row]) -> Vec<Record> {
                 ("finish_p50_us", m(|r| r.finish_p50_us)),
                 ("finish_p99_us", m(|r| r.finish_p99_us)),
                 ("max_gap_ms", m(|r| r.max_gap_ms)),
+                ("others_max_gap_ms", m(|r| r.others_gap_ms)),
                 ("readback_errors", m(|r| r.readback_errors as f64)),
                 ("kernel_errors", m(|r| r.kernel_errors as f64)),
                 ("qmp_p99_ms", m(|r| r.qmp_p99_ms)),
@@ -289,6 +307,7 @@ mod tests {
             finish_p50_us: 1000.0,
             finish_p99_us: 2000.0,
             max_gap_ms: 10.0,
+            others_gap_ms: 5.0,
             readback_errors: 0,
             readbacks: 10,
             kernel_errors: 0,
@@ -312,6 +331,7 @@ mod tests {
             clients: vec![1],
             secs: 1,
             rounds: 2,
+            heavy: false,
             daemon: PathBuf::from("gpu-reactor"),
             workers: None,
             dir: PathBuf::from("/nonexistent"),

@@ -315,6 +315,11 @@ struct Guest3dArgs {
     /// History file to append to.
     #[arg(long, default_value = history::DEFAULT_PATH)]
     history: PathBuf,
+    /// The heavy run (client 0 offscreen with a very expensive fragment
+    /// shader, the others light: what a stalled desktop does to the
+    /// others); "others' gap" is then the light clients' longest frame gap.
+    #[arg(long)]
+    heavy: bool,
     /// Keep the scratch directory (each boot's serial console, backend and
     /// QEMU logs, gpu-reactor's metrics) and print its path.
     #[arg(long)]
@@ -334,6 +339,7 @@ fn run_guest3d(args: Guest3dArgs) -> Result<(), String> {
         clients: args.clients,
         secs: args.secs,
         rounds: args.rounds,
+        heavy: args.heavy,
         daemon,
         workers: args.render_workers.map(usize::from),
         dir: std::env::temp_dir().join(format!("gpu-reactor-bench-guest3d-{}", std::process::id())),

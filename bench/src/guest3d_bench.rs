@@ -76,7 +76,8 @@ fn row(backend: &'static str, clients: u32, o: &Outcome) -> Row {
         backend,
         clients,
         total_fps: c.iter().map(|c| c.fps).sum(),
-        kms_fps: c.iter().filter(|c| c.head >= 0).map(|c| c.fps).sum(),
+        // `+ 0.0`: an empty sum of f64 is -0.0.
+        kms_fps: c.iter().filter(|c| c.head >= 0).map(|c| c.fps).sum::<f64>() + 0.0,
         finish_p50_us: percentile(c.iter().map(|c| c.finish_p50_us).collect(), 0.5),
         finish_p99_us: c.iter().map(|c| c.finish_p99_us).fold(0.0, f64::max),
         max_gap_ms: c.iter().map(|c| c.max_gap_ms).fold(0.0, f64::max),

@@ -585,6 +585,32 @@ pub fn gcc(dir: &Path, name: &str, src: &str, args: &[&str]) -> PathBuf {
 
 /// The files of one boot in its scratch directory, and the failure text
 /// that carries them.
+/// Each thread of `pid`: name, state and where it waits in the kernel
+/// (what a process that does not exit is stuck on).
+fn threads(pid: u32) -> String {
+    let mut out = String::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("stat")
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {} {} {state} wchan={} syscall={}\n",
+            t.file_name().to_string_lossy(),
+            read("comm").trim_end(),
+            read("wchan"),
+            read("syscall").split_whitespace().next().unwrap_or("")
+        ));
+    }
+    out
+}
+
 pub struct BootFiles {
     pub sock: PathBuf,
     pub serial: PathBuf,
@@ -754,7 +780,11 @@ impl BootFiles {
         let _ = qmp.execute(r#"{"execute":"quit"}"#);
         drop(qmp);
         if qemu.wait_exit(SHORT_LIMIT).is_none() {
-            return Err(self.logs("QEMU did not quit within 10 s"));
+            return Err(self.logs(&format!(
+                "QEMU did not quit within 10 s; its threads:\n{}the backend's:\n{}",
+                threads(qemu.child.id()),
+                threads(backend.child.id())
+            )));
         }
         backend.terminate();
         backend

@@ -19,8 +19,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::qemu::{
-    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, BootFiles, Cpio, Guard, Host, Ppm,
-    Qmp, BUSYBOX,
+    add_guest_modules, free_local_addr, gcc, gzip_to, scrape, stat_fields, BootFiles, Cpio, Guard,
+    Host, Ppm, Qmp, BUSYBOX,
 };
 
 const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
@@ -465,10 +465,10 @@ pub fn run(
     let mut shots: Vec<Ppm> = Vec::new();
     let mut qmp_ms = Vec::new();
     let mut killed_worker = None;
-    let mut vcpu_from = None;
-    let mut vcpu_busy = None;
-    let mut host_from = None;
-    let mut host_busy = None;
+    // At G3D-RUN: the vCPU's ticks, the host's, and when.
+    let mut floors_from = None;
+    let mut floors_taken = false;
+    let (mut vcpu_busy, mut host_busy) = (None, None);
     loop {
         // Not an error when it fails: QEMU quits once the guest powers
         // off, which the checks below see.
@@ -479,24 +479,23 @@ pub fn run(
         let text = fs::read_to_string(serial).unwrap_or_default();
         // The floors, sampled before any screendump below (the end is when
         // the first client reports, before a KMS client's hold).
-        if vcpu_from.is_none() && text.lines().any(|l| l.starts_with("G3D-RUN")) {
-            vcpu_from = vcpu_ticks(qemu.child.id()).map(|t| (t, Instant::now()));
-            host_from = host_ticks();
+        if floors_from.is_none() && text.lines().any(|l| l.starts_with("G3D-RUN")) {
+            floors_from = Some((vcpu_ticks(qemu.child.id()), host_ticks(), Instant::now()));
         }
-        if let (Some((busy0, all0)), None) = (host_from, host_busy) {
+        if let Some((vcpu0, host0, at)) = floors_from.filter(|_| !floors_taken) {
             if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
-                host_busy = host_ticks().map(|(busy1, all1)| {
-                    busy1.saturating_sub(busy0) as f64 / all1.saturating_sub(all0).max(1) as f64
-                });
-            }
-        }
-        if let (Some((t0, at)), None) = (vcpu_from, vcpu_busy) {
-            if text.lines().any(|l| l.starts_with("GLCLIENT-JSON")) {
-                vcpu_busy = vcpu_ticks(qemu.child.id()).map(|t1| {
-                    // SAFETY: sysconf takes a constant and reads no memory.
-                    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-                    t1.saturating_sub(t0) as f64 / hz / at.elapsed().as_secs_f64()
-                });
+                floors_taken = true;
+                // SAFETY: sysconf takes a constant and reads no memory.
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+                let secs = at.elapsed().as_secs_f64();
+                vcpu_busy = vcpu0
+                    .zip(vcpu_ticks(qemu.child.id()))
+                    .map(|(t0, t1)| t1.saturating_sub(t0) as f64 / hz / secs);
+                host_busy = host0
+                    .zip(host_ticks())
+                    .map(|((busy0, all0), (busy1, all1))| {
+                        busy1.saturating_sub(busy0) as f64 / all1.saturating_sub(all0).max(1) as f64
+                    });
             }
         }
         // Each KMS head, once its client has printed its last frame's hash
@@ -603,38 +602,32 @@ pub fn run(
     })
 }
 
-/// The render workers under `daemon` (its launcher's children: processes
-/// whose first argument is `--render-worker` and whose parent's parent is
-/// `daemon`).
+/// The render workers under `daemon`.
 fn render_workers(daemon: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_worker_of(pid, daemon))
+        .collect()
+}
+
+/// Whether `pid` is a render worker of `daemon`: its launcher's child, a
+/// process whose first argument is `--render-worker` and whose parent's
+/// parent is `daemon`.
+fn is_worker_of(pid: u32, daemon: u32) -> bool {
     let ppid = |pid: u32| -> Option<u32> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After the command's closing parenthesis: state, then ppid.
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
+        stat_fields(Path::new(&format!("/proc/{pid}/stat")))?
+            .get(1)?
             .parse()
             .ok()
     };
-    let mut workers = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let is_worker = cmdline.split(|b| *b == 0).nth(1) == Some(b"--render-worker".as_slice());
-        if is_worker && ppid(pid).and_then(ppid) == Some(daemon) {
-            workers.push(pid);
-        }
-    }
-    workers
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    cmdline.split(|b| *b == 0).nth(1) == Some(b"--render-worker".as_slice())
+        && ppid(pid).and_then(ppid) == Some(daemon)
 }
 
 /// The CPU time of QEMU's vCPU thread (`CPU 0/TCG`), in clock ticks.
@@ -671,12 +664,9 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// utime + stime of a `/proc/.../stat` file.
 fn ticks_of(path: &Path) -> Option<u64> {
-    let stat = fs::read_to_string(path).ok()?;
-    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
-    // utime and stime: the 14th and 15th fields, the 12th and 13th after
-    // the command.
-    let utime: u64 = f.nth(11)?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
+    let f = stat_fields(path)?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
     Some(utime + stime)
 }
 
@@ -692,7 +682,7 @@ fn worker_pidfd(pid: u32, daemon: u32) -> Option<OwnedFd> {
     }
     // SAFETY: a descriptor just made for us, owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    render_workers(daemon).contains(&pid).then_some(fd)
+    is_worker_of(pid, daemon).then_some(fd)
 }
 
 /// SIGKILLs the render worker of `daemon` that used the most CPU over one

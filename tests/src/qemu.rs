@@ -583,8 +583,20 @@ pub fn gcc(dir: &Path, name: &str, src: &str, args: &[&str]) -> PathBuf {
     out_path
 }
 
-/// The files of one boot in its scratch directory, and the failure text
-/// that carries them.
+/// The fields of a `/proc/.../stat` file after the command's name (which
+/// may hold spaces and parentheses): `[0]` is the state, `[1]` the parent's
+/// pid, `[11]` and `[12]` utime and stime.
+pub fn stat_fields(path: &Path) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(path).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 /// Each thread of `pid`: name, state and where it waits in the kernel
 /// (what a process that does not exit is stuck on).
 fn threads(pid: u32) -> String {
@@ -596,9 +608,8 @@ fn threads(pid: u32) -> String {
     {
         let p = t.path();
         let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
-        let state = read("stat")
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        let state = stat_fields(&p.join("stat"))
+            .and_then(|f| f.into_iter().next())
             .unwrap_or_default();
         out.push_str(&format!(
             "  {} {} {state} wchan={} syscall={}\n",
@@ -611,6 +622,8 @@ fn threads(pid: u32) -> String {
     out
 }
 
+/// The files of one boot in its scratch directory, and the failure text
+/// that carries them.
 pub struct BootFiles {
     pub sock: PathBuf,
     pub serial: PathBuf,
